@@ -1,0 +1,94 @@
+# Shared by the deploy/local scripts. Sourced, not run.
+#
+# Layout: the repository's .ledgerline/ holds the local stack's state (git-ignored):
+#   bin/        the Ledgerline binaries `up` built
+#   run/        one pid file per process
+#   log/        one log per process
+#   tansu/      the broker's SQLite database (durable across restarts)
+#   clickhouse/ ClickHouse config, credentials and data
+# ~/.cache/ledgerline (LEDGERLINE_CACHE_DIR) holds what outlives a checkout: the Tansu binary.
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE_DIR="${LEDGERLINE_STATE_DIR:-$REPO_ROOT/.ledgerline}"
+CACHE_DIR="${LEDGERLINE_CACHE_DIR:-$HOME/.cache/ledgerline}"
+
+TANSU_VERSION="0.6.0"
+TANSU_BIN="$CACHE_DIR/tansu-$TANSU_VERSION/bin/tansu"
+
+# Default ports of the local stack (the query API and registry arrive with their issues).
+BROKER_PORT=9092
+CLICKHOUSE_HTTP_PORT=8123
+CLICKHOUSE_TCP_PORT=9000
+
+# Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
+# unused), and Debian's ClickHouse 18.16.
+APT_PACKAGES=(cmake libcurl4-openssl-dev zlib1g-dev libzstd-dev libssl-dev libsasl2-dev
+  clickhouse-server clickhouse-client curl)
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# pid_of NAME -> prints the pid when the process recorded for NAME is alive.
+pid_of() {
+  local pid_file="$STATE_DIR/run/$1.pid" pid
+  [[ -f "$pid_file" ]] || return 1
+  pid="$(cat "$pid_file")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+# start_process NAME DIR COMMAND... : starts COMMAND in DIR in its own session, in the
+# background, with output to log/NAME.log, and records its pid.
+start_process() {
+  local name="$1" dir="$2"
+  shift 2
+  mkdir -p "$STATE_DIR/run" "$STATE_DIR/log"
+  (cd "$dir" && exec setsid "$@" >>"$STATE_DIR/log/$name.log" 2>&1 </dev/null) &
+  echo $! >"$STATE_DIR/run/$name.pid"
+}
+
+# stop_process NAME: SIGTERM, then SIGKILL after 15 s; removes the pid file.
+stop_process() {
+  local name="$1" pid
+  if ! pid="$(pid_of "$name")"; then
+    rm -f "$STATE_DIR/run/$name.pid"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name (pid $pid) ignored SIGTERM for 15s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE_DIR/run/$name.pid"
+  log "stopped $name"
+}
+
+# wait_until SECONDS DESCRIPTION COMMAND...: retries COMMAND until it succeeds.
+wait_until() {
+  local seconds="$1" what="$2"
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+broker_healthy() {
+  "$STATE_DIR/bin/ledgerline-admin" --brokers "127.0.0.1:$BROKER_PORT" kafka-health --timeout-secs 2
+}
+
+clickhouse_healthy() {
+  [[ "$(curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping" 2>/dev/null)" == "Ok." ]]
+}
+
+# clickhouse_sql SQL: runs SQL as the loopback-only admin user (POST: GET is read-only).
+clickhouse_sql() {
+  curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/" --data-binary "$1"
+}

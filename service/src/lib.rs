@@ -1,0 +1,20 @@
+//! `ledgerline-service` owns what every Ledgerline process shares, so that each binary and
+//! library configures, logs, reports health and stops the same way:
+//!
+//! - [`config`]: one TOML file plus `LEDGERLINE_*` environment overrides, strict about
+//!   unknown keys, with errors that name the bad key and where it came from;
+//! - [`env`]: every environment variable Ledgerline reads, declared in one place;
+//! - [`kafka`]: broker, TLS/SASL and compression settings used by the producer and every
+//!   consumer, turned into an rdkafka `ClientConfig` in one function;
+//! - [`telemetry`]: `tracing` initialisation (pretty or JSON) and the Prometheus recorder;
+//! - [`http`]: the side listener that serves `/health` (component checks) and `/metrics`;
+//! - [`shutdown`]: a cancellation token tripped by SIGTERM or SIGINT.
+
+pub mod config;
+pub mod env;
+pub mod http;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, ConfigSource};
