@@ -16,11 +16,13 @@ CACHE_DIR="${LEDGERLINE_CACHE_DIR:-$HOME/.cache/ledgerline}"
 
 TANSU_VERSION="0.6.0"
 TANSU_BIN="$CACHE_DIR/tansu-$TANSU_VERSION/bin/tansu"
+PYTHON_VENV="$CACHE_DIR/python-venv"
 
 # Default ports of the local stack (the query API and registry arrive with their issues).
 BROKER_PORT=9092
 CLICKHOUSE_HTTP_PORT=8123
 CLICKHOUSE_TCP_PORT=9000
+REGISTRY_PORT=8081
 
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
 # unused), and Debian's ClickHouse 18.16.
@@ -82,6 +84,10 @@ wait_until() {
 
 broker_healthy() {
   "$STATE_DIR/bin/ledgerline-admin" --brokers "127.0.0.1:$BROKER_PORT" kafka-health --timeout-secs 2
+}
+
+registry_healthy() {
+  curl -fsS "http://127.0.0.1:$REGISTRY_PORT/health" >/dev/null 2>&1
 }
 
 clickhouse_healthy() {

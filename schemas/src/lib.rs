@@ -1,7 +1,18 @@
-//! `ledgerline-schemas` owns the event model every other crate agrees on: the categories, the
-//! Kafka topic and schema-registry subject names, and (with the schemas issue) the Rust event
-//! types, the versioned Avro schemas in `schemas/avro/` and Confluent wire-format encoding.
+//! `ledgerline-schemas` owns the event model every other crate agrees on:
+//!
+//! - [`topics`]: the categories, their Kafka topics (`ledgerline.<category>`) and registry
+//!   subjects (`<topic>-value`, TopicNameStrategy);
+//! - [`event`]: the Rust event types, mirrors of the Avro schemas, and their validation rules;
+//! - [`avro`]: the versioned `.avsc` files in `schemas/avro/`, compiled in;
+//! - [`samples`]: fully populated example events for tests and demos;
+//! - [`codec`]: Confluent wire-format encode and decode through `schema_registry_converter`.
 
+pub mod avro;
+pub mod codec;
+pub mod event;
+pub mod samples;
 pub mod topics;
 
+pub use codec::{CodecError, EventCodec};
+pub use event::Event;
 pub use topics::Category;

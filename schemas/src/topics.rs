@@ -10,8 +10,12 @@ pub const TOPIC_PREFIX: &str = "ledgerline.";
 /// Where consumers send records they cannot process, with headers naming source and reason.
 pub const DLQ_TOPIC: &str = "ledgerline.dlq";
 
-/// The event categories. Each has its own topic, Avro record type and partition key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The event categories. Each has its own topic, Avro record type and partition key. On the
+/// wire (the Avro `Category` enum) the symbols are upper case.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Category {
     Audit,
     Job,

@@ -24,10 +24,21 @@ pub const TANSU_BIN: &str = "LEDGERLINE_TANSU_BIN";
 /// `/usr/bin/clickhouse-server`).
 pub const CLICKHOUSE_BIN: &str = "LEDGERLINE_CLICKHOUSE_BIN";
 
+/// Python interpreter with the Confluent client (`tests/python/requirements.txt`) for the
+/// interoperability tests (default: the deploy scripts' venv, then `python3`).
+pub const PYTHON: &str = "LEDGERLINE_PYTHON";
+
 /// State directory of the local stack (default `<repo>/.ledgerline`). Scripts only.
 pub const STATE_DIR: &str = "LEDGERLINE_STATE_DIR";
 
 /// Variables with the override prefix that are not configuration keys. The config loader skips
 /// them; any other `LEDGERLINE_*` variable must name a real key, so a typo fails loudly instead
 /// of being ignored.
-pub const NOT_OVERRIDES: &[&str] = &[CONFIG_PATH, CACHE_DIR, TANSU_BIN, CLICKHOUSE_BIN, STATE_DIR];
+pub const NOT_OVERRIDES: &[&str] = &[
+    CONFIG_PATH,
+    CACHE_DIR,
+    TANSU_BIN,
+    CLICKHOUSE_BIN,
+    PYTHON,
+    STATE_DIR,
+];

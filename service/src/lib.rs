@@ -6,6 +6,7 @@
 //! - [`env`]: every environment variable Ledgerline reads, declared in one place;
 //! - [`kafka`]: broker, TLS/SASL and compression settings used by the producer and every
 //!   consumer, turned into an rdkafka `ClientConfig` in one function;
+//! - [`schema_registry`]: how clients reach the Confluent-compatible schema registry;
 //! - [`telemetry`]: `tracing` initialisation (pretty or JSON) and the Prometheus recorder;
 //! - [`http`]: the side listener that serves `/health` (component checks) and `/metrics`;
 //! - [`shutdown`]: a cancellation token tripped by SIGTERM or SIGINT.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod env;
 pub mod http;
 pub mod kafka;
+pub mod schema_registry;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,8 +1,9 @@
 //! `ledgerline-tests` owns the end-to-end tests and the harness they share.
 //!
 //! The harness starts real servers: a Tansu broker (memory engine by default, SQLite when a
-//! test needs durability across a broker restart) and a ClickHouse server, each on free
-//! loopback ports in its own temporary directory. [`Harness::shared`] starts one broker and one
+//! test needs durability across a broker restart), Ledgerline's schema registry (in-process,
+//! on its own runtime, storing into a randomly named `_schemas` topic) and a ClickHouse server,
+//! each on free loopback ports in its own temporary directory. [`Harness::shared`] starts one broker and one
 //! ClickHouse per test process, on first use; tests isolate themselves with the random names
 //! from [`names`] (topics, groups, databases), so any test can run alone or in parallel with
 //! the others. A test that must stop or restart a server starts its own with
@@ -19,9 +20,11 @@ pub mod broker;
 pub mod clickhouse;
 pub mod names;
 pub mod process;
+pub mod registry;
 
 pub use broker::{Broker, BrokerStorage};
 pub use clickhouse::ClickHouseServer;
+pub use registry::RegistryServer;
 
 /// Why the harness could not start or drive a server.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +62,12 @@ pub enum HarnessError {
 
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
 
-/// One broker and one ClickHouse shared by every test in the process.
+/// One broker, one schema registry (on that broker) and one ClickHouse shared by every test in
+/// the process.
 #[derive(Debug)]
 pub struct Harness {
     pub broker: Broker,
+    pub registry: RegistryServer,
     pub clickhouse: ClickHouseServer,
 }
 
@@ -76,11 +81,17 @@ impl Harness {
             .get_or_init(|| {
                 let clickhouse = std::thread::spawn(ClickHouseServer::start);
                 let broker = Broker::start(BrokerStorage::Memory).map_err(|e| e.to_string())?;
+                let registry =
+                    RegistryServer::start(&broker.bootstrap()).map_err(|e| e.to_string())?;
                 let clickhouse = clickhouse
                     .join()
                     .map_err(|_| "clickhouse start-up thread panicked".to_owned())?
                     .map_err(|e| e.to_string())?;
-                Ok(Harness { broker, clickhouse })
+                Ok(Harness {
+                    broker,
+                    registry,
+                    clickhouse,
+                })
             })
             .as_ref()
             .map_err(|e| HarnessError::SharedFailed(e.clone()))
