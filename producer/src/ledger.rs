@@ -79,8 +79,11 @@ impl Tracker {
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        self.settled.notify_waiters();
+        // Only `flush` waits, and only for zero: waking it per event would take Notify's lock
+        // on the delivery hot path for nothing.
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_waiters();
+        }
     }
 }
 
@@ -108,8 +111,7 @@ impl<'a> PendingReservation<'a> {
 
 impl Drop for PendingReservation<'_> {
     fn drop(&mut self) {
-        if !self.committed {
-            self.tracker.pending.fetch_sub(1, Ordering::AcqRel);
+        if !self.committed && self.tracker.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.tracker.settled.notify_waiters();
         }
     }
@@ -462,8 +464,7 @@ impl Ledger {
                 });
             }
         };
-        let topic = category.topic();
-        let record = FutureRecord::to(&topic)
+        let record = FutureRecord::to(category.topic_name())
             .key(event.partition_key())
             .payload(&payload);
         match self
@@ -616,66 +617,74 @@ impl Worker {
 }
 
 type Settled = (uuid::Uuid, Category, std::result::Result<(), String>);
+type InFlight = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Settled> + Send>>>;
+
+/// Events taken from the queue per wake-up: fewer wake-ups, same order.
+const DRAIN_BATCH: usize = 256;
 
 /// The background delivery loop: encode, hand to librdkafka, and settle each acknowledgement,
-/// with many records in flight at once.
+/// with many records in flight at once. Events are handed to librdkafka in queue order, which
+/// (with the idempotent producer) keeps each key's events in order.
 async fn deliver(mut queue: mpsc::Receiver<Event>, worker: Worker) {
-    let mut in_flight: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Settled> + Send>>> =
-        FuturesUnordered::new();
+    let mut in_flight = InFlight::new();
+    let mut batch = Vec::with_capacity(DRAIN_BATCH);
     let mut open = true;
     while open || !in_flight.is_empty() {
         tokio::select! {
             biased;
-            Some((event_id, category, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                match outcome {
-                    Ok(()) => worker.delivered(category),
-                    Err(error) => worker.failed(event_id, category, error),
+            Some(settled) = in_flight.next(), if !in_flight.is_empty() => worker.settle(settled),
+            received = queue.recv_many(&mut batch, DRAIN_BATCH), if open => {
+                if received == 0 {
+                    open = false;
+                }
+                for event in batch.drain(..) {
+                    worker.produce(event, &mut in_flight).await;
                 }
             }
-            next = queue.recv(), if open => {
-                let Some(event) = next else {
-                    open = false;
-                    continue;
-                };
-                let event_id = event.envelope().event_id;
-                let category = event.category();
-                let payload = match worker.codec.encode(&event).await {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        worker.failed(event_id, category, error.to_string());
-                        continue;
-                    }
-                };
-                let topic = category.topic();
-                let mut record = FutureRecord::to(&topic).key(event.partition_key()).payload(&payload);
-                loop {
-                    match worker.producer.send_result(record) {
-                        Ok(delivery) => {
-                            in_flight.push(Box::pin(async move {
-                                let outcome = match delivery.await {
-                                    Ok(Ok(_)) => Ok(()),
-                                    Ok(Err((error, _))) => Err(error.to_string()),
-                                    Err(_) => Err("producer dropped before delivery".to_owned()),
-                                };
-                                (event_id, category, outcome)
-                            }));
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                            // librdkafka's own queue is full: settle something, then retry.
-                            record = returned;
-                            match in_flight.next().await {
-                                Some((_, done_category, Ok(()))) => worker.delivered(done_category),
-                                Some((done_id, done_category, Err(error))) => worker.failed(done_id, done_category, error),
-                                None => tokio::time::sleep(Duration::from_millis(1)).await,
-                            }
-                        }
-                        Err((error, _)) => {
-                            worker.failed(event_id, category, error.to_string());
-                            break;
-                        }
+        }
+    }
+}
+
+impl Worker {
+    fn settle(&self, (event_id, category, outcome): Settled) {
+        match outcome {
+            Ok(()) => self.delivered(category),
+            Err(error) => self.failed(event_id, category, error),
+        }
+    }
+
+    async fn produce(&self, event: Event, in_flight: &mut InFlight) {
+        let event_id = event.envelope().event_id;
+        let category = event.category();
+        let payload = match self.codec.encode(&event).await {
+            Ok(payload) => payload,
+            Err(error) => return self.failed(event_id, category, error.to_string()),
+        };
+        let mut record = FutureRecord::to(category.topic_name())
+            .key(event.partition_key())
+            .payload(&payload);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    in_flight.push(Box::pin(async move {
+                        let outcome = match delivery.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err((error, _))) => Err(error.to_string()),
+                            Err(_) => Err("producer dropped before delivery".to_owned()),
+                        };
+                        (event_id, category, outcome)
+                    }));
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // librdkafka's own queue is full: wait for an acknowledgement, then retry.
+                    record = returned;
+                    match in_flight.next().await {
+                        Some(settled) => self.settle(settled),
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
                     }
                 }
+                Err((error, _)) => return self.failed(event_id, category, error.to_string()),
             }
         }
     }

@@ -45,7 +45,18 @@ impl Category {
 
     /// `ledgerline.<category>`.
     pub fn topic(self) -> String {
-        format!("{TOPIC_PREFIX}{}", self.as_str())
+        self.topic_name().to_owned()
+    }
+
+    /// `ledgerline.<category>`, without allocating (hot paths).
+    pub const fn topic_name(self) -> &'static str {
+        match self {
+            Category::Audit => "ledgerline.audit",
+            Category::Job => "ledgerline.job",
+            Category::Connection => "ledgerline.connection",
+            Category::System => "ledgerline.system",
+            Category::Session => "ledgerline.session",
+        }
     }
 
     /// Schema-registry subject under TopicNameStrategy: `<topic>-value`.
@@ -83,6 +94,9 @@ mod tests {
     fn names_follow_topic_name_strategy() {
         assert_eq!(Category::Job.topic(), "ledgerline.job");
         assert_eq!(Category::Audit.subject(), "ledgerline.audit-value");
+        for category in Category::ALL {
+            assert_eq!(category.topic_name(), format!("{TOPIC_PREFIX}{category}"));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use apache_avro::types::Value;
-use ledgerline_schemas::avro::SCHEMA_FILES;
+use ledgerline_schemas::avro::{self, SCHEMA_FILES};
 use ledgerline_schemas::event::Event;
 use ledgerline_schemas::{samples, Category, CodecError, EventCodec};
 use ledgerline_service::schema_registry::SchemaRegistryConfig;
@@ -71,6 +71,36 @@ async fn every_category_round_trips_through_the_registry() {
             prepared, id,
             "{category}: registered id differs from the one on the wire"
         );
+    }
+}
+
+#[tokio::test]
+async fn direct_encoding_matches_the_converter() {
+    // EventCodec writes the datum with apache-avro's schema-aware serializer for speed; the
+    // bytes must be exactly what the converter's own encode_struct produces.
+    let harness = Harness::shared().unwrap();
+    let codec = codec(&harness.registry.url());
+    let converter = AvroEncoder::new(SrSettings::new(harness.registry.url()));
+    for category in Category::ALL {
+        let event = samples::event(category, 5);
+        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+            category.topic(),
+            false,
+            SuppliedSchema::new(
+                None,
+                SchemaType::Avro,
+                avro::current(category).text.to_owned(),
+            ),
+        );
+        let theirs = match &event {
+            Event::Audit(inner) => converter.encode_struct(inner, &strategy).await,
+            Event::Job(inner) => converter.encode_struct(inner, &strategy).await,
+            Event::Connection(inner) => converter.encode_struct(inner, &strategy).await,
+            Event::System(inner) => converter.encode_struct(inner, &strategy).await,
+            Event::Session(inner) => converter.encode_struct(inner, &strategy).await,
+        }
+        .unwrap();
+        assert_eq!(codec.encode(&event).await.unwrap(), theirs, "{category}");
     }
 }
 
