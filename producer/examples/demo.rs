@@ -6,7 +6,8 @@
 //! deterministic for a given `--seed`.
 //!
 //! `cargo run -p ledgerline-producer --example demo -- --rate 50 --count 1000 --seed 7`
-//! (`--count 0` runs until Ctrl-C; `--rate 0` publishes as fast as the producer accepts.)
+//! (`--count 0` runs until SIGTERM or Ctrl-C, then flushes; `--rate 0` publishes as fast as the
+//! producer accepts.)
 
 // An example reports to its terminal.
 #![allow(clippy::print_stdout)]
@@ -216,11 +217,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut n = 0u64;
-    let stop = tokio::signal::ctrl_c();
-    tokio::pin!(stop);
+    // SIGTERM (what `deploy/local/down` sends) or Ctrl-C: stop, then flush what was queued.
+    let stop = ledgerline_service::shutdown::on_signal()?;
     while args.count == 0 || n < args.count {
         tokio::select! {
-            _ = &mut stop => break,
+            () = stop.cancelled() => break,
             result = one(&ledger, &mut rng, &mut jobs, n) => result?,
         }
         n += 1;

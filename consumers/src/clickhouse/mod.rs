@@ -1,0 +1,70 @@
+//! The ClickHouse projector: events from the `ledgerline.{audit,job,connection,system}` topics
+//! into `<database>.events`, and job events also into `<database>.job_status` (the latest
+//! state per job). Session events are live-only and never stored.
+//!
+//! # Wire protocol
+//!
+//! HTTP through the `clickhouse` crate. Inserts are `RowBinary` (row validation off, see
+//! [`config::ClickHouseConfig::client`]), one `INSERT` per batch; reads bind every user value
+//! as a `?` parameter. The SQL runs on Debian's ClickHouse 18.16 (the tests) and on current
+//! ClickHouse (production), so it avoids `Map`, `DateTime64`, `TTL` and skip indexes.
+//!
+//! # Delivery semantics: exactly once where it is read
+//!
+//! Kafka delivery is at least once: the runtime commits a partition's offset only after the
+//! insert holding its events returned success, so a crash replays and never skips. The
+//! projector makes the replay invisible to readers:
+//!
+//! 1. **One insert is one partition, so it is atomic.** `events` is partitioned by
+//!    `(category, toYYYYMMDD(ingested_at))`, and every row of one insert has the same category
+//!    and the same `ingested_at` ([`row::insert_events`] refuses anything else). A batch is at
+//!    most [`config::MAX_BATCH_EVENTS`] rows, below ClickHouse's `max_insert_block_size`, so
+//!    the server writes it as one block, one part: after a crash either all of the batch is
+//!    stored or none of it.
+//! 2. **Offsets are stored with the rows.** Each row carries its topic, partition and offset.
+//!    On start the runtime reads [`queries::resume_offsets`] and resumes each partition after
+//!    the greater of its committed offset and its stored maximum, so a crash between the insert
+//!    and the commit does not even replay. Because of (1), a stored maximum means the whole
+//!    batch that held it is stored.
+//! 3. **Duplicates that still get in are collapsed.** A producer retry can put one event at
+//!    two offsets, and an insert the server stored but whose answer was lost (a timeout, a
+//!    reset connection) is retried and stored twice. `events` is a `ReplacingMergeTree` whose
+//!    sorting key ends in `event_id`, so merges remove such copies within a partition,
+//!    eventually; and every query in [`queries`] collapses by `event_id` (`uniqExact`,
+//!    `LIMIT 1 BY`), so counts and searches are exact before merges, and across partitions,
+//!    where merges never reach.
+//! 4. **`job_status` is written before `events`.** For a job batch the runtime inserts the
+//!    `job_status` rows first and the `events` rows second. `events` is what (2) reads, so a
+//!    crash between the two replays the batch and rewrites the status rows, which is harmless:
+//!    `job_status` keeps the latest row per job (`ReplacingMergeTree(occurred_at_us)`) and
+//!    [`queries::job_status`] / [`queries::list_jobs`] pick the latest row themselves.
+//!
+//! Records sent to the dead-letter topic leave no row, so a replay may dead-letter them again:
+//! the dead-letter topic is at least once.
+//!
+//! Retention drops whole partitions of one category older than its configured days
+//! ([`queries::drop_expired_partitions`]); `job_status` is small and kept.
+//!
+//! # Modules
+//!
+//! - [`config`]: `[clickhouse]` (server, user, database) and `[projector]` (batching, size
+//!   limit, retention) sections;
+//! - [`schema`]: versioned, idempotent migrations applied at start-up ([`schema::migrate`]);
+//! - [`row`]: events as `events` and `job_status` rows, back to events, and the inserts;
+//! - [`queries`]: the read queries the query API reuses, plus resume offsets and retention;
+//! - [`error`]: the [`ClickHouseError`] callers match on.
+//!
+//! The Kafka side (subscribe, decode, batch, commit, dead-letter, retry, shutdown) is the
+//! shared consumer runtime's job and is not here yet.
+
+pub mod config;
+pub mod error;
+pub mod queries;
+pub mod row;
+pub mod schema;
+
+pub use config::{ClickHouseConfig, ProjectorConfig, RetentionDays};
+pub use error::{ClickHouseError, Result};
+pub use queries::EventFilter;
+pub use row::{event_row, job_status_row, EventRow, JobStatusRow};
+pub use schema::migrate;

@@ -1,0 +1,475 @@
+//! The projector's ClickHouse side against the harness's real server (18.16 here): the
+//! migrations, the row mapping of every category, and the read queries' exactness while the
+//! tables hold replayed duplicates. Each test migrates its own random database, so the tests
+//! run alone or in parallel. They use the admin client: the role users are walled into the
+//! fixed `ledgerline` database, which parallel tests must not share.
+
+// Test helpers may panic: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ledgerline_consumers::clickhouse::queries::{self, EventFilter};
+use ledgerline_consumers::clickhouse::row::{self, EventRow, JobStatusRow};
+use ledgerline_consumers::clickhouse::{event_row, job_status_row, migrate};
+use ledgerline_schemas::event::JobStatus;
+use ledgerline_schemas::{samples, Category, Event};
+use ledgerline_tests::{names, Harness};
+
+const DAY: u32 = 86_400;
+
+/// The admin client and a freshly migrated random database.
+async fn migrated_database() -> (clickhouse::Client, String) {
+    let harness = Harness::shared().unwrap();
+    let database = harness.clickhouse.create_database().await.unwrap();
+    let client = harness.clickhouse.client();
+    assert_eq!(migrate(&client, &database).await.unwrap(), [1]);
+    (client, database)
+}
+
+fn now_secs() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    u32::try_from(secs).unwrap()
+}
+
+/// Rows for `events`, with consecutive offsets on partition 0 of the category's topic.
+fn rows(events: &[Event], ingested_at: u32) -> Vec<EventRow> {
+    events
+        .iter()
+        .zip(0..)
+        .filter_map(|(event, offset)| {
+            event_row(event, event.category().topic_name(), 0, offset, ingested_at)
+        })
+        .collect()
+}
+
+async fn count(client: &clickhouse::Client, database: &str, filter: &EventFilter) -> u64 {
+    queries::count_events(client, database, filter)
+        .await
+        .unwrap()
+}
+
+fn of_category(category: Category) -> EventFilter {
+    EventFilter {
+        category: Some(category),
+        ..EventFilter::default()
+    }
+}
+
+#[tokio::test]
+async fn migrations_create_the_tables_and_are_idempotent() {
+    let harness = Harness::shared().unwrap();
+    let client = harness.clickhouse.client();
+    // A database that does not exist yet is created.
+    let database = names::database();
+    assert_eq!(migrate(&client, &database).await.unwrap(), [1]);
+    assert_eq!(
+        migrate(&client, &database).await.unwrap(),
+        Vec::<u32>::new()
+    );
+
+    let tables: Vec<String> = client
+        .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
+        .bind(&database)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(tables, ["events", "job_status", "schema_migrations"]);
+    let versions: Vec<(u32, String)> = client
+        .query(&format!(
+            "SELECT version, description FROM {database}.schema_migrations"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(versions, [(1, "events and job_status".to_owned())]);
+
+    // A bad name is refused before any SQL is sent.
+    let error = migrate(&client, "ledgerline; DROP DATABASE x")
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("invalid clickhouse identifier"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn every_stored_category_lands_in_events_with_every_field() {
+    let (client, database) = migrated_database().await;
+    let ingested_at = now_secs();
+    for category in Category::ALL {
+        let event = samples::event(category, 3);
+        let Some(row) = event_row(&event, category.topic_name(), 2, 17, ingested_at) else {
+            assert_eq!(category, Category::Session, "only sessions have no row");
+            continue;
+        };
+        row::insert_events(&client, &database, std::slice::from_ref(&row))
+            .await
+            .unwrap();
+
+        let read = queries::search_events(&client, &database, &of_category(category), 10)
+            .await
+            .unwrap();
+        // Field by field: every column, nullable ones, the attribute and field arrays, the
+        // details JSON and the error chain, then the whole event back.
+        assert_eq!(read, [row], "{category}");
+        assert_eq!(read[0].to_event().unwrap(), event, "{category}");
+    }
+    assert_eq!(count(&client, &database, &EventFilter::default()).await, 4);
+    assert_eq!(
+        count(&client, &database, &of_category(Category::Session)).await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn replayed_batches_are_read_once() {
+    let (client, database) = migrated_database().await;
+    let events: Vec<Event> = (0..20).map(|n| samples::event(Category::Job, n)).collect();
+    let ingested_at = now_secs();
+    let batch = rows(&events, ingested_at);
+    // The replay of an insert whose answer was lost: same rows, same partition.
+    row::insert_events(&client, &database, &batch)
+        .await
+        .unwrap();
+    row::insert_events(&client, &database, &batch)
+        .await
+        .unwrap();
+    // A replay the next day lands in another partition, where merges never reach.
+    row::insert_events(&client, &database, &rows(&events, ingested_at + DAY))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        queries::duplicate_event_ids(&client, &database)
+            .await
+            .unwrap(),
+        40
+    );
+    let all = EventFilter::default();
+    assert_eq!(count(&client, &database, &all).await, 20);
+    let found = queries::search_events(&client, &database, &all, 100)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 20);
+    let ids: std::collections::BTreeSet<&str> =
+        found.iter().map(|row| row.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 20);
+    // Newest first, and the first-stored copy.
+    assert!(found
+        .windows(2)
+        .all(|pair| pair[0].occurred_at_us >= pair[1].occurred_at_us));
+    assert!(found.iter().all(|row| row.ingested_at == ingested_at));
+
+    // Merges remove the copies within a partition only; reads stay exact either way.
+    client
+        .query(&format!("OPTIMIZE TABLE {database}.events FINAL"))
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(
+        queries::duplicate_event_ids(&client, &database)
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(count(&client, &database, &all).await, 20);
+}
+
+#[tokio::test]
+async fn job_status_shows_the_latest_state() {
+    let (client, database) = migrated_database().await;
+    let job = |n: u64, job_id: &str, status: JobStatus, progress: i32| {
+        let mut event = samples::job(n);
+        event.job_id = job_id.to_owned();
+        event.status = status;
+        event.progress = progress;
+        Event::Job(event)
+    };
+    // `n` orders occurred_at; offsets follow the order the producer sent them in.
+    let queued = (0, job(1, "job-a", JobStatus::Queued, 0));
+    let running = (1, job(2, "job-a", JobStatus::Running, 50));
+    let completed = (2, job(3, "job-a", JobStatus::Completed, 100));
+    let failed = (3, job(4, "job-b", JobStatus::Failed, 10));
+    let ingested_at = now_secs();
+    let status_row = |(offset, event): &(i64, Event)| -> JobStatusRow {
+        job_status_row(event, "ledgerline.job", 0, *offset, ingested_at).unwrap()
+    };
+    // Inserted out of order, one insert each, so no merge has sorted them out.
+    for entry in [&completed, &queued, &failed, &running] {
+        row::insert_job_statuses(&client, &database, &[status_row(entry)])
+            .await
+            .unwrap();
+    }
+
+    let latest = queries::job_status(&client, &database, "job-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (latest.status.as_str(), latest.progress),
+        ("COMPLETED", 100)
+    );
+    assert_eq!(latest, status_row(&completed));
+    assert_eq!(
+        queries::job_status(&client, &database, "job-unknown")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let failed_jobs = queries::list_jobs(&client, &database, Some("FAILED"), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = failed_jobs.iter().map(|row| row.job_id.as_str()).collect();
+    assert_eq!(ids, ["job-b"]);
+    // job-a was QUEUED once, but that is not its state any more.
+    for stale in ["QUEUED", "RUNNING"] {
+        let listed = queries::list_jobs(&client, &database, Some(stale), 10)
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "{stale}: {listed:?}");
+    }
+    let all = queries::list_jobs(&client, &database, None, 10)
+        .await
+        .unwrap();
+    let states: Vec<(&str, &str)> = all
+        .iter()
+        .map(|row| (row.job_id.as_str(), row.status.as_str()))
+        .collect();
+    assert_eq!(states, [("job-b", "FAILED"), ("job-a", "COMPLETED")]);
+}
+
+#[tokio::test]
+async fn resume_offsets_are_the_greatest_stored_per_partition() {
+    let (client, database) = migrated_database().await;
+    let topic = names::topic();
+    let ingested_at = now_secs();
+    let stored: [(i32, i64); 6] = [(0, 3), (0, 7), (1, 3), (2, 10), (2, 9), (0, 5)];
+    let batch: Vec<EventRow> = stored
+        .iter()
+        .zip(0..)
+        .map(|((partition, offset), n)| {
+            event_row(
+                &samples::event(Category::System, n),
+                &topic,
+                *partition,
+                *offset,
+                ingested_at,
+            )
+            .unwrap()
+        })
+        .collect();
+    row::insert_events(&client, &database, &batch)
+        .await
+        .unwrap();
+    // A replay and another topic change nothing.
+    row::insert_events(&client, &database, &batch)
+        .await
+        .unwrap();
+    let other = event_row(
+        &samples::event(Category::System, 9),
+        "other-topic",
+        0,
+        99,
+        ingested_at,
+    )
+    .unwrap();
+    row::insert_events(&client, &database, &[other])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        queries::resume_offsets(&client, &database, &topic)
+            .await
+            .unwrap(),
+        BTreeMap::from([(0, 7), (1, 3), (2, 10)])
+    );
+    assert!(queries::resume_offsets(&client, &database, "never-seen")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn retention_drops_only_expired_partitions_of_the_category() {
+    let (client, database) = migrated_database().await;
+    let today = now_secs();
+    let forty_days_ago = today - 40 * DAY;
+    for category in [Category::System, Category::Job, Category::Audit] {
+        for ingested_at in [forty_days_ago, today] {
+            let batch = rows(&[samples::event(category, 1)], ingested_at);
+            row::insert_events(&client, &database, &batch)
+                .await
+                .unwrap();
+        }
+    }
+    let now = UNIX_EPOCH + Duration::from_secs(u64::from(today));
+
+    let dropped = queries::drop_expired_partitions(&client, &database, Category::System, 30, now)
+        .await
+        .unwrap();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(dropped[0].starts_with("('system',"), "{dropped:?}");
+    let system = queries::search_events(&client, &database, &of_category(Category::System), 10)
+        .await
+        .unwrap();
+    let ingested: Vec<u32> = system.iter().map(|row| row.ingested_at).collect();
+    assert_eq!(ingested, [today]);
+    // Other categories' old partitions stay.
+    assert_eq!(
+        count(&client, &database, &of_category(Category::Job)).await,
+        2
+    );
+
+    // Audit is kept a year.
+    let dropped = queries::drop_expired_partitions(&client, &database, Category::Audit, 365, now)
+        .await
+        .unwrap();
+    assert!(dropped.is_empty(), "{dropped:?}");
+    assert_eq!(
+        count(&client, &database, &of_category(Category::Audit)).await,
+        2
+    );
+
+    // Running again finds nothing left to drop.
+    let dropped = queries::drop_expired_partitions(&client, &database, Category::System, 30, now)
+        .await
+        .unwrap();
+    assert!(dropped.is_empty(), "{dropped:?}");
+}
+
+#[tokio::test]
+async fn filters_select_the_right_events() {
+    let (client, database) = migrated_database().await;
+    let ingested_at = now_secs();
+    let system = |n: u64, service: &str, message: &str, tenant: &str| {
+        let mut event = samples::system(n);
+        event.envelope.service = service.to_owned();
+        event.envelope.message = message.to_owned();
+        event
+            .envelope
+            .attributes
+            .insert("tenant".to_owned(), tenant.to_owned());
+        Event::System(event)
+    };
+    let events = [
+        system(1, "billing", "Invoice paid by O'Brien", "acme"),
+        system(2, "billing", "Invoice refunded", "globex"),
+        system(3, "shipping", "Parcel sent", "acme"),
+        system(4, "shipping", "Parcel lost; 50% refunded?", "o'brien"),
+    ];
+    let occurred = |n: usize| events[n].envelope().occurred_at;
+    let id = |n: usize| events[n].envelope().event_id.to_string();
+    row::insert_events(&client, &database, &rows(&events, ingested_at))
+        .await
+        .unwrap();
+    let connection = Event::Connection(samples::connection(5));
+    row::insert_events(
+        &client,
+        &database,
+        &rows(std::slice::from_ref(&connection), ingested_at),
+    )
+    .await
+    .unwrap();
+
+    let search = |filter: EventFilter| {
+        let client = client.clone();
+        let database = database.clone();
+        async move {
+            let found = queries::search_events(&client, &database, &filter, 100)
+                .await
+                .unwrap();
+            let counted = queries::count_events(&client, &database, &filter)
+                .await
+                .unwrap();
+            assert_eq!(counted, found.len() as u64, "{filter:?}");
+            found
+                .into_iter()
+                .map(|row| row.event_id)
+                .collect::<Vec<String>>()
+        }
+    };
+    let attribute = |key: &str, value: &str| EventFilter {
+        attributes: vec![(key.to_owned(), value.to_owned())],
+        ..EventFilter::default()
+    };
+
+    let by_service = search(EventFilter {
+        service: Some("billing".to_owned()),
+        ..EventFilter::default()
+    })
+    .await;
+    assert_eq!(by_service, [id(1), id(0)]);
+
+    let by_time = search(EventFilter {
+        category: Some(Category::System),
+        from_us: Some(occurred(1)),
+        to_us: Some(occurred(3)),
+        ..EventFilter::default()
+    })
+    .await;
+    assert_eq!(by_time, [id(2), id(1)]);
+
+    let by_text = search(EventFilter {
+        text: Some("REFUNDED".to_owned()),
+        ..EventFilter::default()
+    })
+    .await;
+    assert_eq!(by_text, [id(3), id(1)]);
+
+    // Quotes and question marks are values, not SQL.
+    let quoted_text = search(EventFilter {
+        text: Some("o'brien".to_owned()),
+        ..EventFilter::default()
+    })
+    .await;
+    assert_eq!(quoted_text, [id(0)]);
+    assert_eq!(search(attribute("tenant", "o'brien")).await, [id(3)]);
+    assert_eq!(
+        search(attribute("tenant", "50% refunded?")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(attribute("tenant", "x' OR '1'='1")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(search(attribute("tenant", "globex")).await, [id(1)]);
+    // A missing key does not match the empty value.
+    assert_eq!(search(attribute("absent", "")).await, Vec::<String>::new());
+
+    let combined = search(EventFilter {
+        service: Some("shipping".to_owned()),
+        attributes: vec![("tenant".to_owned(), "acme".to_owned())],
+        ..EventFilter::default()
+    })
+    .await;
+    assert_eq!(combined, [id(2)]);
+
+    let connection_id = connection.envelope().event_id.to_string();
+    let by_device = search(EventFilter {
+        device_id: Some("device-5".to_owned()),
+        ..EventFilter::default()
+    })
+    .await;
+    assert_eq!(by_device, std::slice::from_ref(&connection_id));
+    let by_job = search(EventFilter {
+        job_id: Some("job-5".to_owned()),
+        name: Some("device.connect".to_owned()),
+        ..EventFilter::default()
+    })
+    .await;
+    assert_eq!(by_job, [connection_id]);
+
+    // The limit keeps the newest.
+    let newest = queries::search_events(&client, &database, &of_category(Category::System), 2)
+        .await
+        .unwrap();
+    let ids: Vec<String> = newest.into_iter().map(|row| row.event_id).collect();
+    assert_eq!(ids, [id(3), id(2)]);
+}
