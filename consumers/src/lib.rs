@@ -3,8 +3,13 @@
 //! projector), `archive` (the tamper-evident audit archive) and `fanout` (the live-stream hub
 //! the query API embeds).
 //!
-//! So far only the storage side of the projector exists: [`clickhouse`] holds its
-//! configuration, the versioned schema migrations, the mapping from events to rows, and the
-//! read queries the query API reuses. The Kafka runtime that feeds it arrives next.
+//! - [`runtime`]: the shared consumer loop and its delivery semantics, and the dead-letter
+//!   topic;
+//! - [`clickhouse`]: the projector sink, its schema migrations, rows and the read queries the
+//!   query API reuses.
+//!
+//! The binary `ledgerline-consumer <sink>` runs one sink (`clickhouse` so far). The archive
+//! and fan-out sinks arrive with their issues.
 
 pub mod clickhouse;
+pub mod runtime;

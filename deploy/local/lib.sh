@@ -23,6 +23,7 @@ BROKER_PORT=9092
 CLICKHOUSE_HTTP_PORT=8123
 CLICKHOUSE_TCP_PORT=9000
 REGISTRY_PORT=8081
+PROJECTOR_PORT=9101
 
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
 # unused), and Debian's ClickHouse 18.16.
@@ -84,6 +85,10 @@ wait_until() {
 
 broker_healthy() {
   "$STATE_DIR/bin/ledgerline-admin" --brokers "127.0.0.1:$BROKER_PORT" kafka-health --timeout-secs 2
+}
+
+projector_healthy() {
+  curl -fsS "http://127.0.0.1:$PROJECTOR_PORT/health" >/dev/null 2>&1
 }
 
 registry_healthy() {

@@ -116,6 +116,10 @@ impl ClickHouseConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProjectorConfig {
+    /// Kafka consumer group; every projector replica of one deployment shares it.
+    pub group_id: String,
+    /// Where `/health` and `/metrics` are served.
+    pub listen: std::net::SocketAddr,
     /// A batch is inserted when it holds this many events (or when `batch_max_wait_ms` passes,
     /// whichever comes first). At most 1,000,000, so one insert stays one ClickHouse block (and
     /// so one part, written atomically) under the default `max_insert_block_size` of 1,048,576.
@@ -134,6 +138,8 @@ pub struct ProjectorConfig {
 impl Default for ProjectorConfig {
     fn default() -> Self {
         Self {
+            group_id: default_group_id(),
+            listen: default_listen(),
             batch_max_events: default_batch_max_events(),
             batch_max_wait_ms: default_batch_max_wait_ms(),
             retention_days: RetentionDays::default(),
@@ -141,6 +147,14 @@ impl Default for ProjectorConfig {
             max_event_bytes: default_max_event_bytes(),
         }
     }
+}
+
+fn default_group_id() -> String {
+    "ledgerline-clickhouse".to_owned()
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9101))
 }
 
 /// Large enough for ClickHouse to like the parts, small enough to insert in well under a second.
@@ -213,6 +227,12 @@ impl RetentionDays {
 impl ProjectorConfig {
     /// Checks what serde cannot: values that parse but cannot work.
     pub fn validate(&self) -> Result<()> {
+        if self.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid_value(
+                "projector.group_id",
+                "must not be empty",
+            ));
+        }
         if !(1..=MAX_BATCH_EVENTS).contains(&self.batch_max_events) {
             return Err(ConfigError::invalid_value(
                 "projector.batch_max_events",

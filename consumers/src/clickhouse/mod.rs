@@ -54,17 +54,22 @@
 //! - [`queries`]: the read queries the query API reuses, plus resume offsets and retention;
 //! - [`error`]: the [`ClickHouseError`] callers match on.
 //!
+//! - [`sink`]: the runtime's [`crate::runtime::Sink`] for ClickHouse: per category, the
+//!   `job_status` insert then the `events` insert, skipping records already stored.
+//!
 //! The Kafka side (subscribe, decode, batch, commit, dead-letter, retry, shutdown) is the
-//! shared consumer runtime's job and is not here yet.
+//! shared [`crate::runtime`].
 
 pub mod config;
 pub mod error;
 pub mod queries;
 pub mod row;
 pub mod schema;
+pub mod sink;
 
 pub use config::{ClickHouseConfig, ProjectorConfig, RetentionDays};
 pub use error::{ClickHouseError, Result};
 pub use queries::EventFilter;
 pub use row::{event_row, job_status_row, EventRow, JobStatusRow};
 pub use schema::migrate;
+pub use sink::ClickHouseSink;
