@@ -37,10 +37,12 @@ impl Default for SchemaRegistryConfig {
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
+    /// User name; may not contain `:` (basic auth splits on the first one).
     pub username: String,
     pub password: String,
 }
 
+// The password must never reach a log line.
 impl fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BasicAuth")

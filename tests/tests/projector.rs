@@ -378,3 +378,61 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_the_consumer_moves_
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn nothing_is_lost_while_clickhouse_is_down_for_20_seconds() {
+    let mut clickhouse_server = ledgerline_tests::ClickHouseServer::start().unwrap();
+    let mut stack = stack().await;
+    stack.clickhouse.url = clickhouse_server.url();
+    let ledger = stack.ledger().await;
+    let (stop, task) = stack.projector(1 << 20).await;
+
+    let publish = |from: u64, to: u64| {
+        let ledger = ledger.clone();
+        async move {
+            for n in from..to {
+                ledger
+                    .job(
+                        "job.progress",
+                        &format!("job-{}", n % 50),
+                        "backup",
+                        "Backup",
+                        JobStatus::Running,
+                    )
+                    .progress((n % 100) as u8)
+                    .publish()
+                    .await
+                    .unwrap();
+            }
+            ledger.flush(Duration::from_secs(60)).await.unwrap();
+        }
+    };
+    publish(0, 2_000).await;
+    assert_eq!(stack.wait_for_count(2_000).await, 2_000);
+
+    clickhouse_server.kill();
+    // Events keep arriving while ClickHouse is down; the projector retries the same batch.
+    publish(2_000, 6_000).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    clickhouse_server.restart().unwrap();
+
+    publish(6_000, 8_000).await;
+    assert_eq!(stack.wait_for_count(8_000).await, 8_000);
+    let client = stack.clickhouse.client();
+    let stored = queries::search_events(
+        &client,
+        &stack.clickhouse.database,
+        &EventFilter::default(),
+        20_000,
+    )
+    .await
+    .unwrap();
+    let distinct: BTreeSet<&str> = stored.iter().map(|row| row.event_id.as_str()).collect();
+    assert_eq!((stored.len(), distinct.len()), (8_000, 8_000));
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,6 +1,5 @@
 //! `[registry]` in `ledgerline.toml`.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use ledgerline_service::ConfigError;
@@ -60,24 +59,8 @@ pub enum Mode {
     Replica,
 }
 
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    /// User name clients send; may not contain `:` (basic auth splits on the first one).
-    pub username: String,
-    /// Password clients send.
-    pub password: String,
-}
-
-// The password must never reach a log line.
-impl fmt::Debug for BasicAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BasicAuth")
-            .field("username", &self.username)
-            .field("password", &"[REDACTED]")
-            .finish()
-    }
-}
+/// The same `{ username, password }` table clients use in `[schema_registry]`.
+pub use ledgerline_service::schema_registry::BasicAuth;
 
 /// Kafka's own limit on topic name length.
 const MAX_TOPIC_LENGTH: usize = 249;
