@@ -366,6 +366,25 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// The one place a failed delivery is reported, whether `send` or the delivery task saw it:
+/// log, metric, callback.
+fn report_failure(
+    on_failure: Option<&FailureCallback>,
+    event_id: uuid::Uuid,
+    category: Category,
+    error: String,
+) {
+    tracing::warn!(%event_id, %category, %error, "event delivery failed");
+    count(category, "failed");
+    if let Some(callback) = on_failure {
+        callback(&DeliveryFailure {
+            event_id,
+            category,
+            error,
+        });
+    }
+}
+
 fn count(category: Category, outcome: &'static str) {
     metrics::counter!(
         "ledgerline_producer_events_total",
@@ -438,14 +457,12 @@ impl Ledger {
     }
 
     fn report_failure(&self, event: &Event, error: &str) {
-        count(event.category(), "failed");
-        if let Some(callback) = &self.inner.on_failure {
-            callback(&DeliveryFailure {
-                event_id: event.envelope().event_id,
-                category: event.category(),
-                error: error.to_owned(),
-            });
-        }
+        report_failure(
+            self.inner.on_failure.as_ref(),
+            event.envelope().event_id,
+            event.category(),
+            error.to_owned(),
+        );
     }
 
     /// Sends `event` and waits for the broker's acknowledgement.
@@ -598,15 +615,7 @@ struct Worker {
 
 impl Worker {
     fn failed(&self, event_id: uuid::Uuid, category: Category, error: String) {
-        tracing::warn!(%event_id, %category, %error, "event delivery failed");
-        count(category, "failed");
-        if let Some(callback) = &self.on_failure {
-            callback(&DeliveryFailure {
-                event_id,
-                category,
-                error,
-            });
-        }
+        report_failure(self.on_failure.as_ref(), event_id, category, error);
         self.tracker.settle(false);
     }
 

@@ -235,11 +235,9 @@ async fn handle(
                     Some(reason) => break Some((reason, error.to_string())),
                     None => {
                         tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "decode failed; retrying");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Outcome::Interrupted,
-                            () = tokio::time::sleep(backoff) => {}
+                        if !wait_to_retry(&mut backoff, shutdown).await {
+                            return Outcome::Interrupted;
                         }
-                        backoff = next_backoff(backoff);
                     }
                 },
             }
@@ -259,12 +257,21 @@ async fn handle(
             Ok(()) => return Outcome::DeadLettered,
             Err(send_error) => {
                 tracing::warn!(%send_error, reason, "dead-letter produce failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Outcome::Interrupted,
-                    () = tokio::time::sleep(backoff) => {}
+                if !wait_to_retry(&mut backoff, shutdown).await {
+                    return Outcome::Interrupted;
                 }
-                backoff = next_backoff(backoff);
             }
+        }
+    }
+}
+
+/// Sleeps `backoff` (then doubles it) unless shutdown comes first; false on shutdown.
+async fn wait_to_retry(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(*backoff) => {
+            *backoff = next_backoff(*backoff);
+            true
         }
     }
 }
@@ -282,11 +289,9 @@ async fn write_with_retries<S: Sink>(
             Err(error) => {
                 metrics::counter!("ledgerline_consumer_sink_errors_total").increment(1);
                 tracing::warn!(%error, events = batch.len(), retry_in_ms = backoff.as_millis() as u64, "sink unavailable; retrying the batch");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
+                if !wait_to_retry(&mut backoff, shutdown).await {
+                    return false;
                 }
-                backoff = next_backoff(backoff);
             }
         }
     }
