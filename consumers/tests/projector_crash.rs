@@ -52,13 +52,15 @@ async fn count(clickhouse: &ClickHouseConfig) -> u64 {
     .unwrap_or(0)
 }
 
-// Not yet passing, so not yet a guarantee: on Tansu's memory engine a run ended with one
-// offset range of one partition (about 1,300 events) never stored and stored offsets above the
-// broker's high watermark; on the SQLite engine the restarted consumer was not given every
-// partition within two minutes. Whether Tansu or the runtime is at fault is not settled yet.
-// Run it with `cargo test -p ledgerline-consumers --test projector_crash -- --ignored --nocapture`;
-// on failure it prints the missing offset ranges, watermarks and dead letters.
-#[ignore = "fails: offsets skipped after SIGKILL + rebalance on Tansu; under investigation"]
+// Not yet passing, so not yet a guarantee. On Tansu's memory engine the events missing after
+// the run are missing from the broker itself: a plain consumer assigned at the first missing
+// offset (see `diagnose`) is handed a record hundreds of offsets later, and the broker reports
+// high watermarks below offsets it has served. On the SQLite engine the restarted consumer was
+// not given every partition within two minutes (dead members linger for the 45 s session
+// timeout and the group did not converge). Until the broker side is sorted out this test cannot
+// tell a projector bug from a broker one, so it stays out of CI.
+// Run it with `cargo test -p ledgerline-consumers --test projector_crash -- --ignored --nocapture`.
+#[ignore = "Tansu memory engine loses acknowledged records under this load; see comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     let harness = Harness::shared().unwrap();
@@ -221,10 +223,12 @@ async fn diagnose(clickhouse: &ClickHouseConfig, broker: &Broker, log: &std::pat
         .await
         .unwrap();
     let mut next_expected: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+    let mut gaps = Vec::new();
     for (topic, partition, offset) in rows {
         let next = next_expected.entry((topic.clone(), partition)).or_insert(0);
         if offset != *next {
             eprintln!("gap in {topic}/{partition}: {}..={}", *next, offset - 1);
+            gaps.push((topic.clone(), partition, *next));
         }
         *next = offset + 1;
     }
@@ -243,6 +247,26 @@ async fn diagnose(clickhouse: &ClickHouseConfig, broker: &Broker, log: &std::pat
             consumer.fetch_watermarks("ledgerline.dlq", partition, Duration::from_secs(5))
         {
             eprintln!("dlq/{partition}: {} records", high - low);
+        }
+    }
+    // Is the gap in the broker too? Read from its first missing offset with a plain consumer.
+    for (topic, partition, first_missing) in gaps {
+        let reader: BaseConsumer = broker.consumer_config(&names::group()).create().unwrap();
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, partition, rdkafka::Offset::Offset(first_missing))
+            .unwrap();
+        reader.assign(&assignment).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(Ok(message)) = reader.poll(Duration::from_millis(500)) {
+                use rdkafka::Message;
+                eprintln!(
+                    "broker read of {topic}/{partition} at {first_missing} returned offset {}",
+                    message.offset()
+                );
+                break;
+            }
         }
     }
     let tail = ledgerline_tests::process::tail(log, 400);
