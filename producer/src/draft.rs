@@ -168,6 +168,23 @@ impl Ledger {
         }
     }
 
+    /// The envelope of a device's event: `device_id` in the attributes, and the job the
+    /// current span works for (if any) as the event's `job_id`.
+    fn device_envelope(
+        &self,
+        category: Category,
+        name: &str,
+        level: Level,
+        device_id: &str,
+    ) -> (Envelope, Option<String>) {
+        let mut envelope = self.envelope(category, name, level);
+        envelope
+            .attributes
+            .insert("device_id".to_owned(), device_id.to_owned());
+        let job_id = envelope.attributes.get("job_id").cloned();
+        (envelope, job_id)
+    }
+
     /// A device connection phase, keyed by `device_id`.
     pub fn connection(
         &self,
@@ -177,11 +194,8 @@ impl Ledger {
         phase: ConnectionPhase,
         outcome: Outcome,
     ) -> Draft<'_, ConnectionEvent> {
-        let mut envelope = self.envelope(Category::Connection, name, Level::Info);
-        envelope
-            .attributes
-            .insert("device_id".to_owned(), device_id.to_owned());
-        let job_id = envelope.attributes.get("job_id").cloned();
+        let (envelope, job_id) =
+            self.device_envelope(Category::Connection, name, Level::Info, device_id);
         Draft {
             ledger: self,
             event: ConnectionEvent {
@@ -231,11 +245,8 @@ impl Ledger {
             Direction::Input => "session.input",
             Direction::Output => "session.output",
         };
-        let mut envelope = self.envelope(Category::Session, name, Level::Debug);
-        envelope
-            .attributes
-            .insert("device_id".to_owned(), device_id.to_owned());
-        let job_id = envelope.attributes.get("job_id").cloned();
+        let (envelope, job_id) =
+            self.device_envelope(Category::Session, name, Level::Debug, device_id);
         Draft {
             ledger: self,
             event: SessionEvent {
