@@ -1,16 +1,17 @@
 //! The broker the harness starts behaves like Kafka for everything Ledgerline relies on:
 //! admin-created topics, idempotent acks=all produce, consumer groups, committed offsets, and a
-//! restarted consumer resuming where its group committed.
+//! restarted consumer resuming where its group committed. One difference between Tansu's
+//! engines matters to consumers and is pinned here: where a fetch inside a record batch starts.
 
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use ledgerline_tests::{names, Harness};
+use ledgerline_tests::{names, Broker, BrokerStorage, Harness};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -143,4 +144,58 @@ async fn keyed_messages_keep_their_order_within_a_partition() {
     assert_eq!(partitions.len(), 1);
     let expected: Vec<String> = (0..50).map(|i| format!("message-{i}")).collect();
     assert_eq!(payloads, expected);
+}
+
+/// Kafka answers a fetch at an offset inside a record batch with that whole batch, and the
+/// client skips the records before the offset, so a consumer resuming from any committed
+/// offset sees every later record. Tansu 0.6.0's SQLite engine stores records one by one and
+/// does the same. Its memory engine returns only the batches that start at or after the
+/// offset, skipping the rest of the batch the offset is in: tests that resume consumers in the
+/// middle of a load (the projector crash test) must use the SQLite engine. If the memory
+/// assertion fails after a Tansu upgrade, the memory engine can host those tests again.
+#[tokio::test]
+async fn tansu_engines_and_mid_batch_fetches() {
+    for (storage, first_offset_served) in [(BrokerStorage::Sqlite, 4), (BrokerStorage::Memory, 10)]
+    {
+        let broker = Broker::start(storage).unwrap();
+        let topic = names::topic();
+        broker.create_topic(&topic, 1).await.unwrap();
+        // Two batches of ten: a long linger and sends that are queued before any is awaited.
+        let producer: FutureProducer = broker
+            .producer_config()
+            .set("linger.ms", "500")
+            .create()
+            .unwrap();
+        for batch in 0..2 {
+            let deliveries: Vec<_> = (0..10)
+                .map(|n| {
+                    let payload = format!("batch-{batch}-{n}");
+                    producer
+                        .send_result(FutureRecord::<(), _>::to(&topic).payload(&payload))
+                        .unwrap()
+                })
+                .collect();
+            for delivery in deliveries {
+                delivery.await.unwrap().unwrap();
+            }
+        }
+
+        let consumer: BaseConsumer = broker.consumer_config(&names::group()).create().unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, 0, Offset::Offset(4))
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let served = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{storage:?}: nothing served"
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                break message.unwrap().offset();
+            }
+        };
+        assert_eq!(served, first_offset_served, "{storage:?}");
+    }
 }

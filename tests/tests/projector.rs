@@ -46,6 +46,7 @@ async fn stack() -> Stack {
         user: "default".to_owned(),
         password: String::new(),
         database: names::database(),
+        ..ClickHouseConfig::default()
     };
     Stack {
         broker,
@@ -100,6 +101,7 @@ impl Stack {
             batch_max_events: 1000,
             batch_max_wait: Duration::from_millis(200),
             max_event_bytes,
+            fetch_wait_max: Duration::from_millis(50),
         };
         let kafka = self.kafka();
         let token = shutdown.clone();

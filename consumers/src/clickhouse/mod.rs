@@ -15,20 +15,22 @@
 //! insert holding its events returned success, so a crash replays and never skips. The
 //! projector makes the replay invisible to readers:
 //!
-//! 1. **One insert is one partition, so it is atomic.** `events` is partitioned by
+//! 1. **What an insert stores is a prefix, per Kafka partition.** `events` is partitioned by
 //!    `(category, toYYYYMMDD(ingested_at))`, and every row of one insert has the same category
-//!    and the same `ingested_at` ([`row::insert_events`] refuses anything else). A batch is at
-//!    most [`config::MAX_BATCH_EVENTS`] rows, below ClickHouse's `max_insert_block_size`, so
-//!    the server writes it as one block, one part: after a crash either all of the batch is
-//!    stored or none of it.
+//!    and the same `ingested_at` ([`row::insert_events`] refuses anything else), so an insert
+//!    is one block of one partition, written as one part when the request ends. A request cut
+//!    short (the projector killed mid-insert) is not always refused: ClickHouse takes a
+//!    chunked body that ends on a row boundary as complete and stores the rows it received
+//!    (checked on 18.16 with a body cut after 1,000 rows). The sink writes each Kafka
+//!    partition's rows in offset order, so whatever is stored of a batch is, per partition,
+//!    its first records.
 //! 2. **Offsets are stored with the rows.** Each row carries its topic, partition and offset.
-//!    On start the runtime reads [`queries::resume_offsets`] and resumes each partition after
-//!    the greater of its committed offset and its stored maximum, so a crash between the insert
-//!    and the commit does not even replay. Because of (1), a stored maximum means the whole
-//!    batch that held it is stored.
+//!    On start the sink reads [`queries::resume_offsets`] and skips every record at or below
+//!    its partition's stored maximum; with (1) that is exactly what a crash between the insert
+//!    and the commit, or in the middle of the insert, already stored.
 //! 3. **Duplicates that still get in are collapsed.** A producer retry can put one event at
-//!    two offsets, and an insert the server stored but whose answer was lost (a timeout, a
-//!    reset connection) is retried and stored twice. `events` is a `ReplacingMergeTree` whose
+//!    two offsets, and an insert the server stored (whole, or a prefix as in (1)) but whose
+//!    answer was lost (a timeout, a reset connection) is retried and stored twice. `events` is a `ReplacingMergeTree` whose
 //!    sorting key ends in `event_id`, so merges remove such copies within a partition,
 //!    eventually; and every query in [`queries`] collapses by `event_id` (`uniqExact`,
 //!    `LIMIT 1 BY`), so counts and searches are exact before merges, and across partitions,
@@ -41,6 +43,14 @@
 //!
 //! Records sent to the dead-letter topic leave no row, so a replay may dead-letter them again:
 //! the dead-letter topic is at least once.
+//!
+//! # Failures
+//!
+//! A failed insert is retried by the runtime, the same batch, with backoff, whatever the
+//! failure: skipping it would lose it. [`error::FailureKind`] names the ClickHouse error codes
+//! that pass by themselves (logged as warnings) and those that need an operator (credentials,
+//! grants, a dropped or altered table: logged as errors), and explains why no failure is
+//! treated as "these rows are bad".
 //!
 //! Retention drops whole partitions of one category older than its configured days
 //! ([`queries::drop_expired_partitions`]); `job_status` is small and kept.
@@ -67,9 +77,9 @@ pub mod row;
 pub mod schema;
 pub mod sink;
 
-pub use config::{ClickHouseConfig, ProjectorConfig, RetentionDays};
-pub use error::{ClickHouseError, Result};
+pub use config::{ClickHouseCompression, ClickHouseConfig, ProjectorConfig, RetentionDays};
+pub use error::{failure_kind, ClickHouseError, FailureKind, Result};
 pub use queries::EventFilter;
-pub use row::{event_row, job_status_row, EventRow, JobStatusRow};
+pub use row::{event_row, into_event_row, job_status_row, EventRow, JobStatusRow};
 pub use schema::migrate;
-pub use sink::ClickHouseSink;
+pub use sink::{ClickHouseSink, InsertHealth, PreparedBatch};

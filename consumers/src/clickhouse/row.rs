@@ -109,7 +109,8 @@ pub struct JobStatusRow {
 }
 
 /// The `events` row for `event`, read from `topic`/`partition` at `offset`. `None` for session
-/// events, which are live-only and never stored.
+/// events, which are live-only and never stored. See [`into_event_row`] to move rather than
+/// copy the event's contents.
 pub fn event_row(
     event: &Event,
     topic: &str,
@@ -117,7 +118,19 @@ pub fn event_row(
     offset: i64,
     ingested_at: u32,
 ) -> Option<EventRow> {
-    let base = |envelope: &Envelope| {
+    into_event_row(event.clone(), topic, partition, offset, ingested_at)
+}
+
+/// [`event_row`], moving the event's strings into the row: what the projector does with each
+/// event it stores, so that no field is copied.
+pub fn into_event_row(
+    event: Event,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    ingested_at: u32,
+) -> Option<EventRow> {
+    let base = |envelope: Envelope| {
         EventRow::envelope_only(envelope, topic, partition, offset, ingested_at)
     };
     let row = match event {
@@ -130,16 +143,16 @@ pub fn event_row(
             reason,
             details,
         }) => EventRow {
-            actor_id: Some(actor.id.clone()),
-            actor_kind: Some(actor.kind.clone()),
-            actor_ip: Some(actor.ip.clone()),
-            actor_user_agent: actor.user_agent.clone(),
-            action: Some(action.clone()),
+            actor_id: Some(actor.id),
+            actor_kind: Some(actor.kind),
+            actor_ip: Some(actor.ip),
+            actor_user_agent: actor.user_agent,
+            action: Some(action),
             target_kind: target.as_ref().map(|target| target.kind.clone()),
-            target_id: target.as_ref().map(|target| target.id.clone()),
-            outcome: Some(outcome_symbol(*outcome).to_owned()),
-            reason: reason.clone(),
-            details: Some(details.clone()),
+            target_id: target.map(|target| target.id),
+            outcome: Some(outcome_symbol(outcome).to_owned()),
+            reason,
+            details: Some(details),
             ..base(envelope)
         },
         Event::Job(JobEvent {
@@ -152,13 +165,13 @@ pub fn event_row(
             details,
             parent_job_id,
         }) => EventRow {
-            job_id: Some(job_id.clone()),
-            job_type: Some(job_type.clone()),
-            job_name: Some(job_name.clone()),
-            job_status: Some(job_status_symbol(*status).to_owned()),
-            progress: Some(*progress),
-            details: Some(details.clone()),
-            parent_job_id: parent_job_id.clone(),
+            job_id: Some(job_id),
+            job_type: Some(job_type),
+            job_name: Some(job_name),
+            job_status: Some(job_status_symbol(status).to_owned()),
+            progress: Some(progress),
+            details: Some(details),
+            parent_job_id,
             ..base(envelope)
         },
         Event::Connection(ConnectionEvent {
@@ -171,13 +184,13 @@ pub fn event_row(
             duration_ms,
             error,
         }) => EventRow {
-            device_id: Some(device_id.clone()),
-            device_name: Some(device_name.clone()),
-            job_id: job_id.clone(),
-            phase: Some(phase_symbol(*phase).to_owned()),
-            outcome: Some(outcome_symbol(*outcome).to_owned()),
-            duration_ms: *duration_ms,
-            error: error.clone(),
+            device_id: Some(device_id),
+            device_name: Some(device_name),
+            job_id,
+            phase: Some(phase_symbol(phase).to_owned()),
+            outcome: Some(outcome_symbol(outcome).to_owned()),
+            duration_ms,
+            error,
             ..base(envelope)
         },
         Event::System(SystemEvent {
@@ -187,19 +200,23 @@ pub fn event_row(
             line,
             fields,
             error,
-        }) => EventRow {
-            module: Some(target.clone()),
-            file: file.clone(),
-            line: *line,
-            field_keys: fields.keys().cloned().collect(),
-            field_values: fields.values().cloned().collect(),
-            error: error.as_ref().map(|error| error.message.clone()),
-            error_chain: error
-                .as_ref()
-                .map(|error| error.chain.clone())
-                .unwrap_or_default(),
-            ..base(envelope)
-        },
+        }) => {
+            let (field_keys, field_values) = fields.into_iter().unzip();
+            let (error, error_chain) = match error {
+                Some(error) => (Some(error.message), error.chain),
+                None => (None, Vec::new()),
+            };
+            EventRow {
+                module: Some(target),
+                file,
+                line,
+                field_keys,
+                field_values,
+                error,
+                error_chain,
+                ..base(envelope)
+            }
+        }
         Event::Session(_) => return None,
     };
     Some(row)
@@ -236,28 +253,29 @@ pub fn job_status_row(
 impl EventRow {
     /// The envelope and bookkeeping columns, every category column empty.
     fn envelope_only(
-        envelope: &Envelope,
+        envelope: Envelope,
         topic: &str,
         partition: i32,
         offset: i64,
         ingested_at: u32,
     ) -> Self {
+        let (attr_keys, attr_values) = envelope.attributes.into_iter().unzip();
         Self {
             event_id: envelope.event_id.hyphenated().to_string(),
             occurred_at_us: envelope.occurred_at,
             occurred_date: utc_day(envelope.occurred_at),
             category: envelope.category.as_str().to_owned(),
-            name: envelope.name.clone(),
+            name: envelope.name,
             level: level_symbol(envelope.level).to_owned(),
-            service: envelope.service.clone(),
-            service_version: envelope.service_version.clone(),
-            host: envelope.host.clone(),
-            message: envelope.message.clone(),
-            trace_id: envelope.trace_id.clone(),
-            span_id: envelope.span_id.clone(),
-            request_id: envelope.request_id.clone(),
-            attr_keys: envelope.attributes.keys().cloned().collect(),
-            attr_values: envelope.attributes.values().cloned().collect(),
+            service: envelope.service,
+            service_version: envelope.service_version,
+            host: envelope.host,
+            message: envelope.message,
+            trace_id: envelope.trace_id,
+            span_id: envelope.span_id,
+            request_id: envelope.request_id,
+            attr_keys,
+            attr_values,
             actor_id: None,
             actor_kind: None,
             actor_ip: None,
@@ -423,9 +441,9 @@ impl EventRow {
 }
 
 /// Inserts one batch into `events`. The rows must share one category and one `ingested_at`,
-/// so the insert lands in exactly one partition and is atomic (all rows or none); a batch
-/// that breaks this is refused before anything is sent. The runtime splits its batches by
-/// category, which a batch from one topic already is.
+/// so the insert lands in exactly one partition as one part; a batch that breaks this is
+/// refused before anything is sent. Rows are sent in the order given, which the crash-safety
+/// argument of the module documentation relies on.
 pub async fn insert_events(
     client: &clickhouse::Client,
     database: &str,
@@ -481,7 +499,7 @@ where
     for row in rows {
         insert.write(row).await.map_err(query_failed(context()))?;
     }
-    // Nothing is visible until the server answers `end`; a failure before it stores nothing.
+    // A request cut before `end` may still store the rows sent so far (see the module docs).
     insert.end().await.map_err(query_failed(context()))
 }
 

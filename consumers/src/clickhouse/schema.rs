@@ -34,8 +34,8 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 ///
 /// - `PARTITION BY (category, toYYYYMMDD(ingested_at))`: retention is dropping whole
 ///   partitions per category and day of ingestion. The projector gives all rows of one insert
-///   the same category and `ingested_at`, so each insert lands in exactly one partition, is
-///   written as one part, and is atomic.
+///   the same category and `ingested_at`, so each insert lands in exactly one partition and
+///   is written as one part.
 /// - `ingested_at DateTime('UTC')`: partition days are UTC days whatever the server's time zone.
 /// - `ReplacingMergeTree(ingested_at)` ordered by a key ending in `event_id`: background merges
 ///   collapse copies of one event written twice into the same partition (a replay, or a

@@ -16,18 +16,32 @@
 //!   of the event model go to `ledgerline.dlq` with the original key and bytes and headers
 //!   naming the source topic, partition, offset, reason, error and time; the consumer moves on
 //!   and counts `ledgerline_consumer_dlq_total{reason}`.
-//! - **Rebalances.** The batch is written and committed between polls, and librdkafka revokes
-//!   partitions only during a poll, so a revoked partition's records are never half-processed.
-//!   A commit that fails because partitions moved is logged; the new owner replays them.
+//! - **Rebalances.** A batch is read over many polls and written while the next one is read,
+//!   so partitions can be revoked while some of their records are in a batch. That batch is
+//!   still written; its commit then either lands or fails because the group moved on (logged),
+//!   and the partition's new owner resumes from the last commit that landed. Either way the
+//!   records are written again at most once more, which the sink's idempotence absorbs: a
+//!   revoked partition's records are delayed or repeated, never skipped.
+//! - **Pipelining.** One batch is written (by a writer task) while the next is read and
+//!   decoded; batches are written and committed one at a time, in the order they were read, so
+//!   commits only move forward. The reader stops fetching while a read batch waits for the
+//!   writer, so at most two batches are in memory.
 //! - **Shutdown.** On the token: stop fetching, write the batch, commit, return. If the sink is
 //!   down at that moment the batch is left uncommitted and replayed by the next run.
+//!
+//! # Metrics
+//! `ledgerline_consumer_consumed_total` (records read), `ledgerline_consumer_events_total
+//! {outcome="written"}` (taken by the sink), `ledgerline_consumer_dlq_total{reason}`,
+//! `ledgerline_consumer_sink_errors_total{kind}` (failed writes, each retried), and
+//! `ledgerline_consumer_lag_messages{topic,partition}` (high watermark minus the committed
+//! offset, from librdkafka's statistics every 5 s).
 
+mod context;
 mod dlq;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ledgerline_schemas::event::Event;
 use ledgerline_schemas::{Category, EventCodec};
@@ -37,26 +51,69 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use context::RuntimeContext;
 pub use dlq::{DeadLetters, DLQ_HEADERS};
 
 /// A decoded event with its position in Kafka.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    pub topic: String,
+    /// Shared by every record of a partition, so a batch does not allocate a name per record.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub event: Event,
 }
 
-/// A sink failed to take a batch; the runtime retries the same batch.
+/// A sink failed to take a batch. The runtime retries the same batch whatever the failure,
+/// since dropping it would lose it; `kind` and `transient` only decide how it is reported.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    /// Label of `ledgerline_consumer_sink_errors_total{kind}`, e.g. `transient`.
+    pub kind: &'static str,
+    /// Expected to pass by itself (logged as a warning); otherwise someone must act (an error).
+    pub transient: bool,
+    /// The error and its causes, outermost first, joined by `: `.
+    pub message: String,
+}
 
-/// Where batches go. `write` must be idempotent per record: a crash replays.
-pub trait Sink: Send {
-    fn write(&mut self, batch: &[Record]) -> impl Future<Output = Result<(), SinkError>> + Send;
+impl SinkError {
+    pub fn new(kind: &'static str, transient: bool, error: &dyn std::error::Error) -> Self {
+        let mut message = error.to_string();
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            message.push_str(": ");
+            message.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        Self {
+            kind,
+            transient,
+            message,
+        }
+    }
+}
+
+/// Where batches go.
+pub trait Sink: Send + 'static {
+    /// A batch in the form the sink writes it, kept for retries.
+    type Prepared: Send + Sync + 'static;
+    /// Turns a batch's records into what [`Sink::write`] sends, given them by value so their
+    /// contents move rather than being copied. Owned by the reader task, which prepares each
+    /// batch as soon as it is read: preparing then overlaps the previous batch's write rather
+    /// than adding to it.
+    type Preparer: FnMut(Vec<Record>) -> Self::Prepared + Send + 'static;
+    /// Called once, when the runtime starts.
+    fn preparer(&self) -> Self::Preparer;
+    /// Writes a prepared batch. After a failure the runtime calls it again with the same
+    /// batch, and after a crash a later run writes the same records again, so writing must be
+    /// idempotent per record.
+    fn write(
+        &mut self,
+        batch: &Self::Prepared,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// How one consumer runs.
@@ -68,6 +125,8 @@ pub struct RuntimeConfig {
     pub batch_max_wait: Duration,
     /// Larger records are dead-lettered with reason `oversize`.
     pub max_event_bytes: usize,
+    /// librdkafka's `fetch.wait.max.ms`, unless `[kafka] librdkafka` sets it.
+    pub fetch_wait_max: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +134,25 @@ pub struct RuntimeConfig {
 pub enum RuntimeError {
     #[error("failed to create kafka client: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("the batch writer task failed: {0}")]
+    Writer(String),
+}
+
+/// How long the reader waits for a first record before looking at shutdown and starting
+/// over; bounds how long an idle consumer takes to notice shutdown.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How many records the reader takes between clock reads while records keep arriving.
+const DEADLINE_CHECK_EVERY: u64 = 256;
+/// Batches are allocated for this many records up front at most; larger ones grow.
+const PREALLOCATED_RECORDS: usize = 65_536;
+
+/// Records read, decoded and prepared, with the offsets to commit once they are written.
+#[derive(Debug)]
+struct ReadBatch<P> {
+    /// `None` when every record was dead-lettered: only offsets to commit.
+    prepared: Option<P>,
+    events: usize,
+    positions: Vec<Position>,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -102,11 +180,16 @@ enum Outcome {
 }
 
 /// Runs until `shutdown` is cancelled.
+///
+/// Two tasks share the work, so reading the next batch overlaps writing the previous one:
+/// this one reads, decodes, dead-letters, forms and prepares batches; a writer task writes
+/// them (with retries) and commits them, one at a time and in order. The reader starts a batch only
+/// once the writer has taken the previous one, so memory stays bounded to two batches.
 pub async fn run<S: Sink>(
     config: RuntimeConfig,
     kafka: &KafkaConfig,
     codec: Arc<EventCodec>,
-    mut sink: S,
+    sink: S,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let mut client = kafka.client_config();
@@ -116,78 +199,203 @@ pub async fn run<S: Sink>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("max.poll.interval.ms", "600000");
-    let consumer: StreamConsumer = client.create()?;
+    if client.get("fetch.wait.max.ms").is_none() {
+        client.set(
+            "fetch.wait.max.ms",
+            config.fetch_wait_max.as_millis().to_string(),
+        );
+    }
+    if client.get("statistics.interval.ms").is_none() {
+        client.set("statistics.interval.ms", context::STATISTICS_INTERVAL_MS);
+    }
+    let consumer: Arc<StreamConsumer<RuntimeContext>> =
+        Arc::new(client.create_with_context(RuntimeContext::new(config.group_id.clone()))?);
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dead_letters = DeadLetters::new(kafka)?;
     tracing::info!(group = %config.group_id, topics = ?config.topics, "consumer started");
 
+    let mut prepare = sink.preparer();
+    let (batches, pending) = tokio::sync::mpsc::channel(1);
+    let writer = tokio::spawn(write_batches(
+        Arc::clone(&consumer),
+        sink,
+        pending,
+        shutdown.clone(),
+    ));
     let mut stopping = false;
     while !stopping {
-        let mut batch = Vec::new();
-        // Next offset to commit per (topic, partition), for kept and dead-lettered records.
-        let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut deadline: Option<Instant> = None;
-        while batch.len() < config.batch_max_events {
-            let wait = deadline.map_or(Duration::from_secs(1), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-            let message = tokio::select! {
+        // The slot is taken before reading, so the next batch is read only once the writer
+        // has taken the previous one: one batch written, one read, never more.
+        let Ok(slot) = batches.reserve().await else {
+            // The writer stopped: shutdown with an unwritten batch, or it failed.
+            break;
+        };
+        let mut records = Vec::with_capacity(config.batch_max_events.min(PREALLOCATED_RECORDS));
+        // Next offset to commit per partition, for kept and dead-lettered records. A batch
+        // spans a handful of partitions, so a short list beats a map keyed by owned names.
+        let mut positions: Vec<Position> = Vec::new();
+        let mut consumed = 0_u64;
+        // One timer per batch: until the first record it bounds an idle wait, then it is the
+        // batch's deadline. (A timeout around every `recv` would arm a timer per record.)
+        let timer = tokio::time::sleep(IDLE_WAIT);
+        tokio::pin!(timer);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        while records.len() < config.batch_max_events {
+            // Checked per record rather than raced against `recv` (which the biased select
+            // below polls first), so a steady stream cannot starve shutdown or the deadline.
+            if shutdown.is_cancelled() {
+                stopping = true;
+                break;
+            }
+            if consumed % DEADLINE_CHECK_EVERY == DEADLINE_CHECK_EVERY - 1
+                && deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
+            {
+                break;
+            }
+            let received = tokio::select! {
+                biased;
+                received = consumer.recv() => received,
+                () = &mut timer => {
+                    if deadline.is_some() {
+                        break;
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::now() + IDLE_WAIT);
+                    continue;
+                }
                 () = shutdown.cancelled() => {
                     stopping = true;
                     break;
                 }
-                received = tokio::time::timeout(wait, consumer.recv()) => received,
             };
-            let message = match message {
-                Err(_) if positions.is_empty() => continue,
-                Err(_) => break,
-                Ok(Err(error)) => {
+            let message = match received {
+                Ok(message) => message,
+                Err(error) => {
                     tracing::warn!(%error, "kafka consume error");
                     continue;
                 }
-                Ok(Ok(message)) => message,
             };
-            deadline.get_or_insert_with(|| Instant::now() + config.batch_max_wait);
-            let position = (message.topic().to_owned(), message.partition());
-            let next = message.offset() + 1;
-            match handle(&config, &codec, &dead_letters, &message, &shutdown).await {
-                Outcome::Keep(record) => batch.push(record),
+            if deadline.is_none() {
+                let batch_deadline = tokio::time::Instant::now() + config.batch_max_wait;
+                deadline = Some(batch_deadline);
+                timer.as_mut().reset(batch_deadline);
+            }
+            consumed += 1;
+            let position = position_of(&mut positions, &message);
+            let topic = Arc::clone(&position.topic);
+            // The span is entered only while `handle` runs, not across other tasks' polls.
+            let span = tracing::debug_span!(
+                "record",
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset()
+            );
+            match handle(&config, &codec, &dead_letters, &message, topic, &shutdown)
+                .instrument(span)
+                .await
+            {
+                Outcome::Keep(record) => records.push(record),
                 Outcome::DeadLettered => {}
                 Outcome::Interrupted => {
                     stopping = true;
                     break;
                 }
             }
-            positions.insert(position, next);
+            position.next = message.offset() + 1;
         }
+        metrics::counter!("ledgerline_consumer_consumed_total").increment(consumed);
         if positions.is_empty() {
             continue;
         }
-        if !batch.is_empty() && !write_with_retries(&mut sink, &batch, &shutdown).await {
-            tracing::warn!(
-                events = batch.len(),
-                "shutting down with an unwritten batch; it will be replayed"
-            );
-            return Ok(());
-        }
-        metrics::counter!("ledgerline_consumer_events_total", "outcome" => "written")
-            .increment(batch.len() as u64);
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &positions {
-            if let Err(error) =
-                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))
-            {
-                tracing::warn!(%topic, partition, %error, "cannot record offset");
+        let events = records.len();
+        let prepared = (events > 0).then(|| prepare(records));
+        slot.send(ReadBatch {
+            prepared,
+            events,
+            positions,
+        });
+    }
+    drop(batches);
+    let stopped = writer
+        .await
+        .map_err(|error| RuntimeError::Writer(error.to_string()));
+    tracing::info!("consumer stopped");
+    stopped
+}
+
+/// The writer task: writes and commits batches in the order they were read.
+/// Returns when the reader is done, or at shutdown while a batch cannot be written (it stays
+/// uncommitted and is replayed by the next run).
+async fn write_batches<S: Sink>(
+    consumer: Arc<StreamConsumer<RuntimeContext>>,
+    mut sink: S,
+    mut pending: tokio::sync::mpsc::Receiver<ReadBatch<S::Prepared>>,
+    shutdown: CancellationToken,
+) {
+    while let Some(ReadBatch {
+        prepared,
+        events,
+        positions,
+    }) = pending.recv().await
+    {
+        if let Some(prepared) = prepared {
+            if !write_with_retries(&mut sink, &prepared, events, &shutdown).await {
+                tracing::warn!(
+                    events,
+                    "shutting down with an unwritten batch; it will be replayed"
+                );
+                return;
             }
         }
-        if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+        metrics::counter!("ledgerline_consumer_events_total", "outcome" => "written")
+            .increment(events as u64);
+        let mut offsets = TopicPartitionList::new();
+        for position in &positions {
+            if let Err(error) = offsets.add_partition_offset(
+                &position.topic,
+                position.partition,
+                Offset::Offset(position.next),
+            ) {
+                tracing::warn!(topic = %position.topic, partition = position.partition, %error, "cannot record offset");
+            }
+        }
+        match consumer.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => consumer.context().committed(&offsets),
             // Usually a rebalance moved the partitions; their new owner replays them.
-            tracing::warn!(%error, "offset commit failed; records will be replayed");
+            Err(error) => tracing::warn!(%error, "offset commit failed; records will be replayed"),
         }
     }
-    tracing::info!("consumer stopped");
-    Ok(())
+}
+
+/// Where a partition's batch ends: the offset to commit once the batch is written.
+#[derive(Debug)]
+struct Position {
+    topic: Arc<str>,
+    partition: i32,
+    next: i64,
+}
+
+/// The batch's position for `message`'s partition, added at the message's own offset (nothing
+/// of the partition handled yet) when the batch has none.
+fn position_of<'a>(
+    positions: &'a mut Vec<Position>,
+    message: &BorrowedMessage<'_>,
+) -> &'a mut Position {
+    let index = match positions
+        .iter()
+        .position(|p| p.partition == message.partition() && *p.topic == *message.topic())
+    {
+        Some(index) => index,
+        None => {
+            positions.push(Position {
+                topic: Arc::from(message.topic()),
+                partition: message.partition(),
+                next: message.offset(),
+            });
+            positions.len() - 1
+        }
+    };
+    &mut positions[index]
 }
 
 /// Decodes and validates one record, dead-lettering it when it is bad.
@@ -196,16 +404,9 @@ async fn handle(
     codec: &EventCodec,
     dead_letters: &DeadLetters,
     message: &BorrowedMessage<'_>,
+    topic: Arc<str>,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let span = tracing::debug_span!(
-        "record",
-        topic = message.topic(),
-        partition = message.partition(),
-        offset = message.offset()
-    );
-    let _entered = span.enter();
-    metrics::counter!("ledgerline_consumer_consumed_total").increment(1);
     let payload = message.payload().unwrap_or_default();
     let rejection = if payload.len() > config.max_event_bytes {
         Some((
@@ -223,7 +424,7 @@ async fn handle(
                 Ok(event) => match event.validate() {
                     Ok(()) => {
                         return Outcome::Keep(Record {
-                            topic: message.topic().to_owned(),
+                            topic,
                             partition: message.partition(),
                             offset: message.offset(),
                             event,
@@ -279,7 +480,8 @@ async fn wait_to_retry(backoff: &mut Duration, shutdown: &CancellationToken) -> 
 /// Retries `batch` until the sink takes it (true) or shutdown is requested (false).
 async fn write_with_retries<S: Sink>(
     sink: &mut S,
-    batch: &[Record],
+    batch: &S::Prepared,
+    events: usize,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = BACKOFF_START;
@@ -287,8 +489,14 @@ async fn write_with_retries<S: Sink>(
         match sink.write(batch).await {
             Ok(()) => return true,
             Err(error) => {
-                metrics::counter!("ledgerline_consumer_sink_errors_total").increment(1);
-                tracing::warn!(%error, events = batch.len(), retry_in_ms = backoff.as_millis() as u64, "sink unavailable; retrying the batch");
+                metrics::counter!("ledgerline_consumer_sink_errors_total", "kind" => error.kind)
+                    .increment(1);
+                let retry_in_ms = backoff.as_millis() as u64;
+                if error.transient {
+                    tracing::warn!(%error, kind = error.kind, events, retry_in_ms, "sink unavailable; retrying the batch");
+                } else {
+                    tracing::error!(%error, kind = error.kind, events, retry_in_ms, "sink refused the batch; retrying it until the cause is fixed");
+                }
                 if !wait_to_retry(&mut backoff, shutdown).await {
                     return false;
                 }
