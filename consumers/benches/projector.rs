@@ -264,6 +264,13 @@ async fn projector(
     sustained(first, first_count, last, count)
 }
 
+/// One Kafka partition's rows of a batch.
+#[derive(Default)]
+struct PartitionRows {
+    rows: Vec<EventRow>,
+    statuses: Vec<JobStatusRow>,
+}
+
 /// The projector's rows (events, and job_status for jobs), decoded and built before timing,
 /// inserted in the projector's shape: records in the order a consumer reads them (by topic,
 /// partition and offset), in batches of `batch`, each batch one insert per partition, the
@@ -289,19 +296,19 @@ async fn output_ceiling(
     in_read_order.sort_by_key(|event| (event.category.topic(), event.partition, event.offset));
     let mut batches = Vec::new();
     for chunk in in_read_order.chunks(batch) {
-        let mut inserts: Vec<((String, i32), Vec<EventRow>, Vec<JobStatusRow>)> = Vec::new();
+        let mut inserts: Vec<((String, i32), PartitionRows)> = Vec::new();
         for event in chunk {
             let topic = event.category.topic();
             let decoded = codec.decode(event.category, &event.payload).await.unwrap();
             let key = (topic.clone(), event.partition);
-            let index = match inserts.iter().position(|(known, _, _)| *known == key) {
+            let index = match inserts.iter().position(|(known, _)| *known == key) {
                 Some(index) => index,
                 None => {
-                    inserts.push((key, Vec::new(), Vec::new()));
+                    inserts.push((key, PartitionRows::default()));
                     inserts.len() - 1
                 }
             };
-            let (_, rows, statuses) = &mut inserts[index];
+            let (_, PartitionRows { rows, statuses }) = &mut inserts[index];
             statuses.extend(job_status_row(
                 &decoded,
                 &topic,
@@ -319,7 +326,7 @@ async fn output_ceiling(
         }
         let inserts: Vec<_> = inserts
             .into_iter()
-            .map(|(_, rows, statuses)| Arc::new((rows, statuses)))
+            .map(|(_, rows)| Arc::new(rows))
             .collect();
         batches.push(inserts);
     }
@@ -334,7 +341,7 @@ async fn output_ceiling(
                 Arc::clone(insert),
             );
             writes.spawn(async move {
-                let (rows, statuses) = &*insert;
+                let PartitionRows { rows, statuses } = &*insert;
                 if !statuses.is_empty() {
                     row::insert_job_statuses(&client, &database, statuses)
                         .await
@@ -346,7 +353,7 @@ async fn output_ceiling(
         while let Some(done) = writes.join_next().await {
             done.unwrap();
         }
-        let rows: usize = inserts.iter().map(|insert| insert.0.len()).sum();
+        let rows: usize = inserts.iter().map(|insert| insert.rows.len()).sum();
         first.get_or_insert((Instant::now(), rows as u64));
     }
     let (first, first_count) = first.unwrap_or((started, 0));

@@ -107,6 +107,16 @@ fn registry_error(error: &SRCError) -> String {
     }
 }
 
+/// A failed registry call: [`CodecError::RegistryUnavailable`] when retrying can help, else
+/// what `permanent` makes of the registry's message.
+fn registry_failure(error: &SRCError, permanent: impl FnOnce(String) -> CodecError) -> CodecError {
+    if error.retriable {
+        CodecError::RegistryUnavailable(registry_error(error))
+    } else {
+        permanent(registry_error(error))
+    }
+}
+
 /// Encodes and decodes [`Event`]s through a Confluent-compatible schema registry.
 pub struct EventCodec {
     settings: SrSettings,
@@ -177,14 +187,10 @@ impl EventCodec {
         let file = avro::current(category);
         let subject = category.subject();
         let map = |error: SRCError| {
-            if error.retriable {
-                CodecError::RegistryUnavailable(registry_error(&error))
-            } else {
-                CodecError::Registration {
-                    subject: subject.clone(),
-                    detail: registry_error(&error),
-                }
-            }
+            registry_failure(&error, |detail| CodecError::Registration {
+                subject: subject.clone(),
+                detail,
+            })
         };
         if auto_register {
             let supplied = SuppliedSchema::new(None, SchemaType::Avro, file.text.to_owned());
@@ -225,14 +231,7 @@ impl EventCodec {
                     .get_schema_and_id(&category.subject(), strategy)
                     .await
                     .map_err(|error| {
-                        if error.retriable {
-                            CodecError::RegistryUnavailable(registry_error(&error))
-                        } else {
-                            CodecError::Encode {
-                                category,
-                                detail: registry_error(&error),
-                            }
-                        }
+                        registry_failure(&error, |detail| CodecError::Encode { category, detail })
                     })
             })
             .await
@@ -277,14 +276,7 @@ impl EventCodec {
     /// decides, once, whether its records can be read directly as `category`.
     async fn choose_read_path(&self, category: Category, id: u32) -> Result<bool, CodecError> {
         let writer = self.decoder.get_schema(id).await.map_err(|error| {
-            if error.retriable {
-                CodecError::RegistryUnavailable(registry_error(&error))
-            } else {
-                CodecError::UnknownSchemaId {
-                    id,
-                    detail: registry_error(&error),
-                }
-            }
+            registry_failure(&error, |detail| CodecError::UnknownSchemaId { id, detail })
         })?;
         let reader = avro::reader_schema(category).map_err(CodecError::Schema)?;
         let direct = writer.parsed.canonical_form() == reader.canonical_form();

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledgerline_consumers::clickhouse::{queries, ClickHouseConfig, ClickHouseSink, EventFilter};
+use ledgerline_consumers::clickhouse::{
+    queries, schema, ClickHouseConfig, ClickHouseSink, EventFilter, InsertHealth,
+};
 use ledgerline_consumers::runtime::{self, RuntimeConfig};
 use ledgerline_producer::event::*;
 use ledgerline_producer::{Ledger, ProducerConfig};
@@ -88,11 +90,12 @@ impl Stack {
     async fn projector(
         &self,
         max_event_bytes: usize,
-    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>, InsertHealth) {
         let topics: Vec<String> = STORED.iter().map(|c| c.topic()).collect();
         let sink = ClickHouseSink::start(&self.clickhouse, &topics)
             .await
             .unwrap();
+        let health = sink.health();
         let codec = Arc::new(EventCodec::new(&self.registry_config()).unwrap());
         let shutdown = CancellationToken::new();
         let config = RuntimeConfig {
@@ -110,7 +113,7 @@ impl Stack {
                 .await
                 .unwrap();
         });
-        (shutdown, task)
+        (shutdown, task, health)
     }
 
     async fn wait_for_count(&self, expected: u64) -> u64 {
@@ -205,7 +208,7 @@ async fn every_stored_category_lands_with_every_field_and_job_status_is_latest()
     for event in &events {
         ledger.send_event(event.clone()).await.unwrap();
     }
-    let (stop, task) = stack.projector(1 << 20).await;
+    let (stop, task, _) = stack.projector(1 << 20).await;
     assert_eq!(stack.wait_for_count(6).await, 6);
 
     let client = stack.clickhouse.client();
@@ -314,7 +317,7 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_the_consumer_moves_
         .build();
     ledger.send_event(after.clone()).await.unwrap();
 
-    let (stop, task) = stack.projector(4096).await;
+    let (stop, task, _) = stack.projector(4096).await;
     assert_eq!(
         stack.wait_for_count(1).await,
         1,
@@ -387,7 +390,7 @@ async fn nothing_is_lost_while_clickhouse_is_down_for_20_seconds() {
     let mut stack = stack().await;
     stack.clickhouse.url = clickhouse_server.url();
     let ledger = stack.ledger().await;
-    let (stop, task) = stack.projector(1 << 20).await;
+    let (stop, task, _) = stack.projector(1 << 20).await;
 
     let publish = |from: u64, to: u64| {
         let ledger = ledger.clone();
@@ -431,6 +434,85 @@ async fn nothing_is_lost_while_clickhouse_is_down_for_20_seconds() {
     .unwrap();
     let distinct: BTreeSet<&str> = stored.iter().map(|row| row.event_id.as_str()).collect();
     assert_eq!((stored.len(), distinct.len()), (8_000, 8_000));
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A dropped `events` table is a failure only an operator can fix: inserts fail with
+/// ClickHouse's UNKNOWN_TABLE (code 60), the insert health check reports it as a configuration
+/// failure, the batch is held and retried rather than dropped, and once the table is back the
+/// held events land, each once.
+#[tokio::test]
+async fn a_dropped_table_fails_health_and_its_batch_lands_once_the_table_is_back() {
+    let stack = stack().await;
+    let ledger = stack.ledger().await;
+    let (stop, task, inserts) = stack.projector(1 << 20).await;
+    let publish = |from: u64, to: u64| {
+        let ledger = ledger.clone();
+        async move {
+            for n in from..to {
+                ledger
+                    .system(
+                        "service.tick",
+                        Level::Info,
+                        "drop::test",
+                        &format!("tick {n}"),
+                    )
+                    .publish()
+                    .await
+                    .unwrap();
+            }
+            ledger.flush(Duration::from_secs(60)).await.unwrap();
+        }
+    };
+    publish(0, 100).await;
+    assert_eq!(stack.wait_for_count(100).await, 100);
+    assert_eq!(inserts.check(), Ok(()));
+
+    let admin = stack.clickhouse.client();
+    let database = &stack.clickhouse.database;
+    admin
+        .query_raw(&format!("DROP TABLE {database}.events"))
+        .execute()
+        .await
+        .unwrap();
+    publish(100, 250).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failure = loop {
+        if let Err(failure) = inserts.check() {
+            break failure;
+        }
+        assert!(Instant::now() < deadline, "inserts never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(failure.contains("configuration"), "{failure}");
+    assert!(failure.contains("Code: 60"), "{failure}");
+
+    // What an operator does: recreate the table as migration 1 made it.
+    for statement in schema::MIGRATIONS[0].statements {
+        admin
+            .query_raw(&statement.replace("{database}", database))
+            .execute()
+            .await
+            .unwrap();
+    }
+    assert_eq!(stack.wait_for_count(150).await, 150);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while inserts.check().is_err() {
+        assert!(Instant::now() < deadline, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = queries::search_events(&admin, database, &EventFilter::default(), 1_000)
+        .await
+        .unwrap();
+    let messages: BTreeSet<String> = stored.iter().map(|row| row.message.clone()).collect();
+    let expected: BTreeSet<String> = (100..250).map(|n| format!("tick {n}")).collect();
+    assert_eq!(messages, expected);
+    assert_eq!(stored.len(), 150);
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)

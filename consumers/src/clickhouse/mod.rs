@@ -57,15 +57,23 @@
 //!
 //! # Modules
 //!
-//! - [`config`]: `[clickhouse]` (server, user, database) and `[projector]` (batching, size
-//!   limit, retention) sections;
+//! - [`config`]: `[clickhouse]` (server, user, database, compression) and `[projector]`
+//!   (batching, size limit, fetch wait, retention) sections;
 //! - [`schema`]: versioned, idempotent migrations applied at start-up ([`schema::migrate`]);
 //! - [`row`]: events as `events` and `job_status` rows, back to events, and the inserts;
 //! - [`queries`]: the read queries the query API reuses, plus resume offsets and retention;
-//! - [`error`]: the [`ClickHouseError`] callers match on.
+//! - [`error`]: the [`ClickHouseError`] callers match on, and the [`FailureKind`] of each
+//!   ClickHouse error code;
+//! - [`sink`]: the runtime's [`crate::runtime::Sink`] for ClickHouse: per Kafka partition,
+//!   the `job_status` insert then the `events` insert, partitions concurrently, skipping
+//!   records already stored; and [`InsertHealth`], the `/health` check on inserts.
 //!
-//! - [`sink`]: the runtime's [`crate::runtime::Sink`] for ClickHouse: per category, the
-//!   `job_status` insert then the `events` insert, skipping records already stored.
+//! # Metrics
+//!
+//! `ledgerline_projector_inserted_total{category}`, `ledgerline_projector_insert_events
+//! {category}` (rows per insert) and `ledgerline_projector_insert_seconds{category}` (one
+//! partition's `job_status` and `events` inserts), besides the runtime's consumed, written,
+//! dead-letter, sink-error and lag metrics.
 //!
 //! The Kafka side (subscribe, decode, batch, commit, dead-letter, retry, shutdown) is the
 //! shared [`crate::runtime`].

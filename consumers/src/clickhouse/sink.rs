@@ -195,7 +195,7 @@ impl Sink for ClickHouseSink {
             Err(error) => {
                 let kind = error.failure_kind();
                 let error = SinkError::new(kind.as_str(), kind == FailureKind::Transient, &error);
-                self.set_failure(Some(error.message.clone()));
+                self.set_failure(Some(format!("{}: {}", error.kind, error.message)));
                 Err(error)
             }
         }
@@ -292,6 +292,8 @@ fn prepare(stored: &StoredOffsets, records: Vec<Record>) -> PreparedBatch {
 pub struct InsertHealth(Arc<Mutex<Option<String>>>);
 
 impl InsertHealth {
+    /// `Err("last insert failed: <kind>: <error>")` while the last insert failed, where kind
+    /// is a [`FailureKind`] (`transient`, `configuration` or `unexpected`).
     pub fn check(&self) -> std::result::Result<(), String> {
         match self.0.lock().ok().and_then(|last| last.clone()) {
             None => Ok(()),
