@@ -205,6 +205,12 @@ pub async fn run<S: Sink>(
             config.fetch_wait_max.as_millis().to_string(),
         );
     }
+    // librdkafka looks for subscribed topics that do not exist yet only at this refresh
+    // (default 5 minutes); a consumer started before its topics were created would sit idle
+    // that long.
+    if client.get("topic.metadata.refresh.interval.ms").is_none() {
+        client.set("topic.metadata.refresh.interval.ms", "10000");
+    }
     if client.get("statistics.interval.ms").is_none() {
         client.set("statistics.interval.ms", context::STATISTICS_INTERVAL_MS);
     }
