@@ -5,8 +5,9 @@
 //! # Wire protocol
 //!
 //! HTTP through the `clickhouse` crate. Inserts are `RowBinary` (row validation off, see
-//! [`config::ClickHouseConfig::client`]), one `INSERT` per batch; reads bind every user value
-//! as a `?` parameter. The SQL runs on Debian's ClickHouse 18.16 (the tests) and on current
+//! [`config::ClickHouseConfig::client`]): per batch, one `events` insert per Kafka partition
+//! (preceded by a `job_status` insert for job partitions), the partitions' inserts concurrent,
+//! each with send and end timeouts; reads bind every user value as a `?` parameter. The SQL runs on Debian's ClickHouse 18.16 (the tests) and on current
 //! ClickHouse (production), so it avoids `Map`, `DateTime64`, `TTL` and skip indexes.
 //!
 //! # Delivery semantics: exactly once where it is read
@@ -21,9 +22,10 @@
 //!    is one block of one partition, written as one part when the request ends. A request cut
 //!    short (the projector killed mid-insert) is not always refused: ClickHouse takes a
 //!    chunked body that ends on a row boundary as complete and stores the rows it received
-//!    (checked on 18.16 with a body cut after 1,000 rows). The sink writes each Kafka
-//!    partition's rows in offset order, so whatever is stored of a batch is, per partition,
-//!    its first records.
+//!    (checked on 18.16 with a body cut after 1,000 rows). Each insert holds one Kafka
+//!    partition's rows in offset order, each offset once (the sink restores that order in the
+//!    rare batch a rebalance made read some offsets twice), so whatever an insert stored is
+//!    its partition's first records.
 //! 2. **Offsets are stored with the rows.** Each row carries its topic, partition and offset.
 //!    On start the sink reads [`queries::resume_offsets`] and skips every record at or below
 //!    its partition's stored maximum; with (1) that is exactly what a crash between the insert
@@ -35,7 +37,7 @@
 //!    eventually; and every query in [`queries`] collapses by `event_id` (`uniqExact`,
 //!    `LIMIT 1 BY`), so counts and searches are exact before merges, and across partitions,
 //!    where merges never reach.
-//! 4. **`job_status` is written before `events`.** For a job batch the runtime inserts the
+//! 4. **`job_status` is written before `events`.** For a job partition the sink inserts the
 //!    `job_status` rows first and the `events` rows second. `events` is what (2) reads, so a
 //!    crash between the two replays the batch and rewrites the status rows, which is harmless:
 //!    `job_status` keeps the latest row per job (`ReplacingMergeTree(occurred_at_us)`) and

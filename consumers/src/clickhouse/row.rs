@@ -8,6 +8,7 @@
 //! the category is stored as its lower-case name (`job`), the same as its topic suffix.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use clickhouse::{Row, RowOwned, RowWrite};
 use ledgerline_schemas::event::{
@@ -492,16 +493,26 @@ where
     }
     let context = || format!("insert of {} rows into {table}", rows.len());
     // `table` is `<validated database>.<constant>`; `insert` would quote it as one name.
+    // Bounded, so a server that accepts the connection and then stalls fails the insert (a
+    // transient failure, retried) instead of holding the batch, and shutdown, forever.
     let mut insert = client
         .insert_unescaped::<T>(table)
         .await
-        .map_err(query_failed(context()))?;
+        .map_err(query_failed(context()))?
+        .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
     for row in rows {
         insert.write(row).await.map_err(query_failed(context()))?;
     }
     // A request cut before `end` may still store the rows sent so far (see the module docs).
     insert.end().await.map_err(query_failed(context()))
 }
+
+/// Longest wait to hand one chunk of rows to the server.
+const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the server to finish an insert once all rows are sent: parsing, sorting
+/// and writing the part take well under a second for a batch here, so this only catches a
+/// stalled server.
+const INSERT_END_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Days since 1970-01-01 of a UTC timestamp in microseconds, clamped to `Date`'s range.
 fn utc_day(occurred_at_us: i64) -> u16 {

@@ -173,6 +173,22 @@ struct PartitionInsert {
     events: Vec<EventRow>,
 }
 
+impl PartitionInsert {
+    /// Puts the rows in offset order, once each. Records arrive in offset order, except when a
+    /// rebalance hands the partition back mid-batch from its committed offset and some are
+    /// read twice; the crash-safety argument (module docs) needs each insert in offset order.
+    fn in_offset_order(&mut self) {
+        if !self.events.is_sorted_by_key(|row| row.offset) {
+            self.events.sort_by_key(|row| row.offset);
+            self.events.dedup_by_key(|row| row.offset);
+        }
+        if !self.statuses.is_sorted_by_key(|row| row.offset) {
+            self.statuses.sort_by_key(|row| row.offset);
+            self.statuses.dedup_by_key(|row| row.offset);
+        }
+    }
+}
+
 impl Sink for ClickHouseSink {
     type Prepared = PreparedBatch;
     type Preparer = Box<dyn FnMut(Vec<Record>) -> PreparedBatch + Send>;
@@ -266,7 +282,7 @@ fn prepare(stored: &StoredOffsets, records: Vec<Record>) -> PreparedBatch {
             }
         };
         let insert = &mut inserts[index];
-        insert.last_offset = offset;
+        insert.last_offset = insert.last_offset.max(offset);
         insert.statuses.extend(job_status_row(
             &event,
             &topic,
@@ -281,6 +297,9 @@ fn prepare(stored: &StoredOffsets, records: Vec<Record>) -> PreparedBatch {
             offset,
             ingested_at,
         ));
+    }
+    for insert in &mut inserts {
+        insert.in_offset_order();
     }
     PreparedBatch {
         inserts: inserts.into_iter().map(Arc::new).collect(),
@@ -299,5 +318,54 @@ impl InsertHealth {
             None => Ok(()),
             Some(failure) => Err(format!("last insert failed: {failure}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ledgerline_schemas::samples;
+
+    use super::*;
+
+    fn records(offsets: &[i64]) -> Vec<Record> {
+        offsets
+            .iter()
+            .map(|offset| Record {
+                topic: Arc::from("ledgerline.job"),
+                partition: 0,
+                offset: *offset,
+                event: samples::event(Category::Job, *offset as u64),
+            })
+            .collect()
+    }
+
+    fn offsets(batch: &PreparedBatch) -> (Vec<i64>, Vec<i64>, i64) {
+        let insert = &batch.inserts[0];
+        (
+            insert.events.iter().map(|row| row.offset).collect(),
+            insert.statuses.iter().map(|row| row.offset).collect(),
+            insert.last_offset,
+        )
+    }
+
+    #[test]
+    fn a_partition_read_twice_in_one_batch_is_inserted_once_in_offset_order() {
+        // A rebalance handed the partition back from its committed offset 3 after 5..=7.
+        let batch = prepare(&StoredOffsets::new(), records(&[5, 6, 7, 3, 4, 5, 6]));
+        assert_eq!(batch.inserts.len(), 1);
+        let expected = vec![3, 4, 5, 6, 7];
+        assert_eq!(offsets(&batch), (expected.clone(), expected, 7));
+    }
+
+    #[test]
+    fn records_at_or_below_the_stored_offset_are_skipped() {
+        let mut stored = StoredOffsets::new();
+        stored
+            .entry(Arc::from("ledgerline.job"))
+            .or_default()
+            .insert(0, 5);
+        let batch = prepare(&stored, records(&[4, 5, 6, 7]));
+        assert_eq!(offsets(&batch), (vec![6, 7], vec![6, 7], 7));
+        assert!(prepare(&stored, records(&[2, 3])).inserts.is_empty());
     }
 }

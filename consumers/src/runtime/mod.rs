@@ -22,10 +22,11 @@
 //!   and the partition's new owner resumes from the last commit that landed. Either way the
 //!   records are written again at most once more, which the sink's idempotence absorbs: a
 //!   revoked partition's records are delayed or repeated, never skipped.
-//! - **Pipelining.** One batch is written (by a writer task) while the next is read and
-//!   decoded; batches are written and committed one at a time, in the order they were read, so
-//!   commits only move forward. The reader stops fetching while a read batch waits for the
-//!   writer, so at most two batches are in memory.
+//! - **Pipelining.** One batch is written (by a writer task) while the next is read, decoded
+//!   and prepared; batches are written and committed one at a time, in the order they were
+//!   read. A batch's commit for a partition is the greatest offset it read plus one. The reader
+//!   starts a batch only once the writer has taken the previous one, so at most two batches are
+//!   in memory.
 //! - **Shutdown.** On the token: stop fetching, write the batch, commit, return. If the sink is
 //!   down at that moment the batch is left uncommitted and replayed by the next run.
 //!
@@ -33,8 +34,9 @@
 //! `ledgerline_consumer_consumed_total` (records read), `ledgerline_consumer_events_total
 //! {outcome="written"}` (taken by the sink), `ledgerline_consumer_dlq_total{reason}`,
 //! `ledgerline_consumer_sink_errors_total{kind}` (failed writes, each retried), and
-//! `ledgerline_consumer_lag_messages{topic,partition}` (high watermark minus the committed
-//! offset, from librdkafka's statistics every 5 s).
+//! `ledgerline_consumer_lag_messages{topic,partition}` (high watermark minus the group's
+//! committed offset, measured every 5 s by a task of its own, so it keeps rising while the
+//! sink is stuck).
 
 mod context;
 mod dlq;
@@ -211,9 +213,6 @@ pub async fn run<S: Sink>(
     if client.get("topic.metadata.refresh.interval.ms").is_none() {
         client.set("topic.metadata.refresh.interval.ms", "10000");
     }
-    if client.get("statistics.interval.ms").is_none() {
-        client.set("statistics.interval.ms", context::STATISTICS_INTERVAL_MS);
-    }
     let consumer: Arc<StreamConsumer<RuntimeContext>> =
         Arc::new(client.create_with_context(RuntimeContext::new(config.group_id.clone()))?);
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -221,6 +220,8 @@ pub async fn run<S: Sink>(
     let dead_letters = DeadLetters::new(kafka)?;
     tracing::info!(group = %config.group_id, topics = ?config.topics, "consumer started");
 
+    let lag_stop = shutdown.child_token();
+    let lag = tokio::spawn(context::report_lag(Arc::clone(&consumer), lag_stop.clone()));
     let mut prepare = sink.preparer();
     let (batches, pending) = tokio::sync::mpsc::channel(1);
     let writer = tokio::spawn(write_batches(
@@ -307,7 +308,9 @@ pub async fn run<S: Sink>(
                     break;
                 }
             }
-            position.next = message.offset() + 1;
+            // The greatest, not the last: a rebalance can hand a partition back mid-batch
+            // from its committed offset, so a batch may read some offsets twice.
+            position.next = position.next.max(message.offset() + 1);
         }
         metrics::counter!("ledgerline_consumer_consumed_total").increment(consumed);
         if positions.is_empty() {
@@ -325,6 +328,8 @@ pub async fn run<S: Sink>(
     let stopped = writer
         .await
         .map_err(|error| RuntimeError::Writer(error.to_string()));
+    lag_stop.cancel();
+    let _ = lag.await;
     tracing::info!("consumer stopped");
     stopped
 }
@@ -365,10 +370,26 @@ async fn write_batches<S: Sink>(
                 tracing::warn!(topic = %position.topic, partition = position.partition, %error, "cannot record offset");
             }
         }
-        match consumer.commit(&offsets, CommitMode::Sync) {
-            Ok(()) => consumer.context().committed(&offsets),
+        // A synchronous commit waits for the broker: off the async workers, so a slow group
+        // coordinator does not hold up the reader or the inserts.
+        let committing = Arc::clone(&consumer);
+        let committed = tokio::task::spawn_blocking(move || {
+            let result = committing.commit(&offsets, CommitMode::Sync);
+            if result.is_ok() {
+                committing.context().committed(&offsets);
+            }
+            result
+        })
+        .await;
+        match committed {
+            Ok(Ok(())) => {}
             // Usually a rebalance moved the partitions; their new owner replays them.
-            Err(error) => tracing::warn!(%error, "offset commit failed; records will be replayed"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "offset commit failed; records will be replayed");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "offset commit task failed; records will be replayed");
+            }
         }
     }
 }
