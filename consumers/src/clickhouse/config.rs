@@ -348,6 +348,8 @@ mod tests {
             Duration::from_secs(3600)
         );
         assert_eq!(projector.max_event_bytes, 1024 * 1024);
+        assert_eq!(projector.fetch_wait_max(), Duration::from_millis(50));
+        assert_eq!(clickhouse.compression, ClickHouseCompression::Lz4);
         let days: Vec<Option<u32>> = Category::ALL
             .into_iter()
             .map(|category| projector.retention_days.for_category(category))
@@ -371,6 +373,19 @@ mod tests {
     }
 
     #[test]
+    fn compression_is_lz4_or_none() {
+        let source = ConfigSource::from_toml_str("[clickhouse]\ncompression = \"none\"\n").unwrap();
+        let clickhouse: ClickHouseConfig = source.section("clickhouse").unwrap();
+        assert_eq!(clickhouse.compression, ClickHouseCompression::None);
+        let source = ConfigSource::from_toml_str("[clickhouse]\ncompression = \"zstd\"\n").unwrap();
+        let error = source
+            .section::<ClickHouseConfig>("clickhouse")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("clickhouse.compression"), "{error}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let source =
             ConfigSource::from_toml_str("[projector.retention_days]\nsession = 1\n").unwrap();
@@ -388,7 +403,7 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_key() {
-        let cases: [(&str, Breaker<ProjectorConfig>); 5] = [
+        let cases: [(&str, Breaker<ProjectorConfig>); 6] = [
             ("projector.batch_max_events", |c| c.batch_max_events = 0),
             ("projector.batch_max_events", |c| {
                 c.batch_max_events = MAX_BATCH_EVENTS + 1
@@ -398,6 +413,9 @@ mod tests {
                 c.retention_days.connection = 0
             }),
             ("projector.max_event_bytes", |c| c.max_event_bytes = 0),
+            ("projector.fetch_wait_max_ms", |c| {
+                c.fetch_wait_max_ms = 300_001
+            }),
         ];
         for (key, break_it) in cases {
             let mut config = ProjectorConfig::default();
