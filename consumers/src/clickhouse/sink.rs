@@ -77,13 +77,6 @@ impl ClickHouseSink {
         }
     }
 
-    fn stored_offsets(&self) -> StoredOffsets {
-        self.stored
-            .lock()
-            .map(|stored| stored.clone())
-            .unwrap_or_default()
-    }
-
     /// Writes the batch's inserts, one per Kafka partition, concurrently and each on its own
     /// task. One ClickHouse insert is parsed and written by one server thread, and a batch
     /// often holds a single topic (librdkafka hands out records a partition at a time), so
@@ -91,7 +84,7 @@ impl ClickHouseSink {
     /// more than one core. Each success is recorded, so a retry after a partial failure writes
     /// only the inserts that failed.
     async fn insert(&mut self, batch: &PreparedBatch) -> Result<()> {
-        let stored = self.stored_offsets();
+        let stored = snapshot(&self.stored);
         let mut writes = tokio::task::JoinSet::new();
         for insert in &batch.inserts {
             // An earlier attempt at this batch got this insert through: do not write it again.
@@ -195,11 +188,7 @@ impl Sink for ClickHouseSink {
 
     fn preparer(&self) -> Self::Preparer {
         let stored = Arc::clone(&self.stored);
-        Box::new(move |records| {
-            // A copy (a few entries): the writer updates the map while this batch is prepared.
-            let stored = stored.lock().map(|map| map.clone()).unwrap_or_default();
-            prepare(&stored, records)
-        })
+        Box::new(move |records| prepare(&snapshot(&stored), records))
     }
 
     async fn write(&mut self, batch: &PreparedBatch) -> std::result::Result<(), SinkError> {
@@ -220,6 +209,12 @@ impl Sink for ClickHouseSink {
 
 /// Highest stored offset per topic and partition.
 type StoredOffsets = HashMap<Arc<str>, HashMap<i32, i64>>;
+
+/// A copy of the stored offsets (a few entries): the writer updates them while the reader
+/// prepares the next batch, and neither should hold the lock while it works.
+fn snapshot(stored: &Mutex<StoredOffsets>) -> StoredOffsets {
+    stored.lock().map(|map| map.clone()).unwrap_or_default()
+}
 
 fn is_stored(stored: &StoredOffsets, topic: &str, partition: i32, offset: i64) -> bool {
     stored
