@@ -201,18 +201,15 @@ pub async fn run<S: Sink>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("max.poll.interval.ms", "600000");
-    if client.get("fetch.wait.max.ms").is_none() {
-        client.set(
-            "fetch.wait.max.ms",
-            config.fetch_wait_max.as_millis().to_string(),
-        );
-    }
+    set_unless_configured(
+        &mut client,
+        "fetch.wait.max.ms",
+        &config.fetch_wait_max.as_millis().to_string(),
+    );
     // librdkafka looks for subscribed topics that do not exist yet only at this refresh
     // (default 5 minutes); a consumer started before its topics were created would sit idle
     // that long.
-    if client.get("topic.metadata.refresh.interval.ms").is_none() {
-        client.set("topic.metadata.refresh.interval.ms", "10000");
-    }
+    set_unless_configured(&mut client, "topic.metadata.refresh.interval.ms", "10000");
     let consumer: Arc<StreamConsumer<RuntimeContext>> =
         Arc::new(client.create_with_context(RuntimeContext::new(config.group_id.clone()))?);
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -332,6 +329,13 @@ pub async fn run<S: Sink>(
     let _ = lag.await;
     tracing::info!("consumer stopped");
     stopped
+}
+
+/// Sets `key` unless `[kafka] librdkafka` already did: the runtime's defaults, not its rules.
+fn set_unless_configured(client: &mut rdkafka::ClientConfig, key: &str, value: &str) {
+    if client.get(key).is_none() {
+        client.set(key, value);
+    }
 }
 
 /// The writer task: writes and commits batches in the order they were read.
