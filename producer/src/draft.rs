@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use ledgerline_schemas::event::*;
 use ledgerline_schemas::Category;
+use ledgerline_service::errors::causes;
 
 use crate::error::Result;
 use crate::ledger::{Delivered, Ledger};
@@ -326,16 +327,7 @@ impl Draft<'_, SystemEvent> {
 
     /// Records `error` and its chain of causes.
     pub fn error(mut self, error: &(dyn std::error::Error + 'static)) -> Self {
-        let mut chain = Vec::new();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            chain.push(cause.to_string());
-            source = cause.source();
-        }
-        self.event.error = Some(ErrorInfo {
-            message: error.to_string(),
-            chain,
-        });
+        self.event.error = Some(error_info(error));
         self
     }
 }
@@ -348,5 +340,14 @@ impl Draft<'_, SessionEvent> {
             .attributes
             .insert("job_id".to_owned(), job_id.to_owned());
         self
+    }
+}
+
+/// An error and its causes as the `system` schema stores them: the outer message, and every
+/// cause outermost first, since `Display` of most errors leaves the causes out.
+pub(crate) fn error_info(error: &dyn std::error::Error) -> ErrorInfo {
+    ErrorInfo {
+        message: error.to_string(),
+        chain: causes(error).map(ToString::to_string).collect(),
     }
 }

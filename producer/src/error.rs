@@ -46,8 +46,9 @@ pub enum BuildError {
     Config(#[from] ledgerline_service::ConfigError),
     #[error("failed to create kafka client: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("failed to create topic {topic}: {reason}")]
-    TopicCreation { topic: String, reason: String },
+    /// A topic could not be created (names it); see `ProducerConfig::create_topics`.
+    #[error(transparent)]
+    Topics(#[from] ledgerline_service::kafka::TopicError),
     /// An incompatible or (with auto-registration off) unregistered schema stops start-up.
     #[error("schema check failed for {category}: {source}")]
     Schema {

@@ -24,6 +24,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::context::{self, ContextVisitor, SpanContext};
+use crate::draft::error_info;
 use crate::Ledger;
 
 /// Targets never published: the Kafka client and this crate, whose logs about delivering an
@@ -197,17 +198,8 @@ impl Visit for FieldVisitor {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        let mut chain = Vec::new();
-        let mut source = value.source();
-        while let Some(cause) = source {
-            chain.push(cause.to_string());
-            source = cause.source();
-        }
         if self.error.is_none() {
-            self.error = Some(ErrorInfo {
-                message: value.to_string(),
-                chain,
-            });
+            self.error = Some(error_info(value));
         } else {
             self.put(field, value.to_string());
         }

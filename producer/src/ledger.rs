@@ -22,11 +22,9 @@ use futures::StreamExt;
 use ledgerline_schemas::event::{Envelope, Event, Level};
 use ledgerline_schemas::topics::DLQ_TOPIC;
 use ledgerline_schemas::{Category, EventCodec};
-use ledgerline_service::kafka::KafkaConfig;
+use ledgerline_service::kafka::{ensure_topics, KafkaConfig, NewTopics};
 use ledgerline_service::schema_registry::SchemaRegistryConfig;
 use ledgerline_service::ConfigSource;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -255,22 +253,18 @@ impl LedgerBuilder {
                 .map_err(|source| BuildError::Schema { category, source })?;
         }
 
-        let mut client = kafka.producer_config();
-        client
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set(
+        let client_id = kafka
+            .client_id
+            .clone()
+            .unwrap_or_else(|| config.service_name.clone());
+        let client = kafka.idempotent_producer_config(&[
+            ("linger.ms", config.linger_ms.to_string()),
+            (
                 "delivery.timeout.ms",
                 config.delivery_timeout_ms.to_string(),
-            )
-            .set(
-                "client.id",
-                kafka
-                    .client_id
-                    .clone()
-                    .unwrap_or_else(|| config.service_name.clone()),
-            );
+            ),
+            ("client.id", client_id),
+        ]);
         let producer: FutureProducer = client.create()?;
 
         let (queue, receiver) = mpsc::channel(config.queue_capacity);
@@ -305,48 +299,18 @@ impl LedgerBuilder {
     }
 }
 
+/// Every category's topic and the dead-letter topic, so consumers started later find them.
 async fn create_topics(
     kafka: &KafkaConfig,
     config: &ProducerConfig,
 ) -> std::result::Result<(), BuildError> {
-    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
-    let names: Vec<String> = Category::ALL
+    let topics: Vec<&str> = Category::ALL
         .into_iter()
-        .map(Category::topic)
-        .chain([DLQ_TOPIC.to_owned()])
+        .map(Category::topic_name)
+        .chain([DLQ_TOPIC])
         .collect();
-    let topics: Vec<NewTopic<'_>> = names
-        .iter()
-        .map(|name| {
-            NewTopic::new(
-                name,
-                config.topic_partitions,
-                TopicReplication::Fixed(config.topic_replication),
-            )
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&topics, &options)
-        .await
-        .map_err(|error| BuildError::TopicCreation {
-            topic: names.join(","),
-            reason: error.to_string(),
-        })?;
-    for result in results {
-        match result {
-            Ok(topic) => {
-                tracing::info!(%topic, partitions = config.topic_partitions, "created topic")
-            }
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(BuildError::TopicCreation {
-                    topic,
-                    reason: code.to_string(),
-                })
-            }
-        }
-    }
+    let layout = NewTopics::new(config.topic_partitions, config.topic_replication);
+    ensure_topics(&kafka.client_config(), &topics, &layout).await?;
     Ok(())
 }
 

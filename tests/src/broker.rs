@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use ledgerline_service::kafka::{ensure_topics, NewTopics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -160,15 +159,11 @@ impl Broker {
         config
     }
 
-    /// Creates `name` with `partitions` partitions through the admin API (Tansu does not
-    /// auto-create topics).
+    /// Creates `name` with `partitions` partitions, as every component does
+    /// (`ensure_topics`: Tansu does not auto-create topics); an existing topic is left as it is.
     pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in admin.create_topics([&topic], &options).await? {
-            result.map_err(|(name, code)| HarnessError::KafkaAdmin { name, code })?;
-        }
+        let layout = NewTopics::new(partitions, 1).timeout(Duration::from_secs(10));
+        ensure_topics(&self.client_config(), &[name], &layout).await?;
         Ok(())
     }
 

@@ -49,11 +49,8 @@ pub enum HarnessError {
     Io(#[from] std::io::Error),
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("kafka admin error on {name}: {code}")]
-    KafkaAdmin {
-        name: String,
-        code: rdkafka::types::RDKafkaErrorCode,
-    },
+    #[error(transparent)]
+    Topics(#[from] ledgerline_service::kafka::TopicError),
     #[error("clickhouse error: {0}")]
     ClickHouse(#[from] ::clickhouse::error::Error),
     #[error("shared harness failed to start earlier: {0}")]

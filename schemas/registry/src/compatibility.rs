@@ -18,6 +18,7 @@ use std::str::FromStr;
 
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::Schema;
+use ledgerline_service::errors::error_chain;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -152,21 +153,10 @@ fn can_read(writer: &Schema, reader: &Schema) -> Result<(), String> {
             "only some values can be read: the reader lacks enum symbols or union branches the writer can produce"
                 .to_owned(),
         ),
+        // apache-avro nests the real reason (`FieldTypeMismatch` wraps the field's own
+        // mismatch) as a `source`, which `Display` leaves out.
         Err(error) => Err(error_chain(&error)),
     }
-}
-
-/// apache-avro nests the real reason (`FieldTypeMismatch` wraps the field's own mismatch) as a
-/// `source`, which `Display` leaves out.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -151,8 +151,8 @@ impl IntoResponse for ApiError {
 pub enum RegistryError {
     #[error("failed to create kafka client: {0}")]
     KafkaClient(#[source] rdkafka::error::KafkaError),
-    #[error("failed to create topic {topic}: {reason}")]
-    CreateTopic { topic: String, reason: String },
+    #[error(transparent)]
+    CreateTopic(#[from] ledgerline_service::kafka::TopicError),
     #[error("failed to read metadata of topic {topic}: {source}")]
     Metadata {
         topic: String,

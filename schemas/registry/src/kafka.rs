@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledgerline_service::kafka::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use ledgerline_service::kafka::{ensure_topics, KafkaConfig, NewTopics};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
@@ -27,10 +26,11 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The only partition: one partition is one order of writes for every instance.
 const PARTITION: i32 = 0;
 
-/// Shared settings; `client.id` names the registry unless `[kafka]` names the process.
-fn client_config(base: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
+/// Shared settings; `client.id` names the registry unless `[kafka]` names the process (through
+/// `client_id` or the `librdkafka` passthrough map, which wins as everywhere).
+fn client_config(base: ClientConfig) -> ClientConfig {
     let mut config = base;
-    if kafka.client_id.is_none() {
+    if config.get("client.id").is_none() {
         config.set("client.id", "ledgerline-registry");
     }
     config
@@ -39,36 +39,13 @@ fn client_config(base: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
 /// Creates the topic when missing: one partition, compacted, so the log keeps the last record
 /// of every key forever. An existing topic is used as it is, after checking it has one partition.
 pub(crate) async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), RegistryError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka.client_config(), kafka)
-        .create()
-        .map_err(RegistryError::KafkaClient)?;
     // -1 takes the broker's default.replication.factor, which production clusters set to 3;
     // a fixed 1 here would quietly make the registry's storage unreplicated.
-    let new_topic =
-        NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
-    let options = AdminOptions::new()
-        .operation_timeout(Some(ADMIN_TIMEOUT))
-        .request_timeout(Some(ADMIN_TIMEOUT));
-    let results = admin
-        .create_topics([&new_topic], &options)
-        .await
-        .map_err(|error| RegistryError::CreateTopic {
-            topic: topic.to_owned(),
-            reason: error.to_string(),
-        })?;
-    for result in results {
-        match result {
-            Ok(_) => tracing::info!(topic, "created the schemas topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => {
-                return Err(RegistryError::CreateTopic {
-                    topic: topic.to_owned(),
-                    reason: code.to_string(),
-                })
-            }
-        }
-    }
-    let metadata_client: BaseConsumer = client_config(kafka.client_config(), kafka)
+    let layout = NewTopics::new(1, -1)
+        .config("cleanup.policy", "compact")
+        .timeout(ADMIN_TIMEOUT);
+    ensure_topics(&client_config(kafka.client_config()), &[topic], &layout).await?;
+    let metadata_client: BaseConsumer = client_config(kafka.client_config())
         .create()
         .map_err(RegistryError::KafkaClient)?;
     let owned_topic = topic.to_owned();
@@ -101,28 +78,27 @@ pub(crate) async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(),
     Ok(())
 }
 
-/// The producer for writes: idempotent with acks=all, so a retried send is never applied twice
-/// and an acknowledged record is on every in-sync replica. Overrides `[kafka].librdkafka` for
-/// these two keys: the registry's guarantees depend on them.
+/// The producer for writes: idempotent with acks=all (see
+/// [`KafkaConfig::idempotent_producer_config`]), so a retried send is never applied twice and
+/// an acknowledged record is on every in-sync replica: ids are only safe to hand out because of
+/// both.
 pub(crate) fn producer(
     kafka: &KafkaConfig,
     delivery_timeout: Duration,
 ) -> Result<FutureProducer, KafkaError> {
-    let mut config = client_config(kafka.producer_config(), kafka);
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set(
+    client_config(kafka.idempotent_producer_config(&[
+        (
             "message.timeout.ms",
             delivery_timeout.as_millis().to_string(),
-        )
-        .set("linger.ms", "0");
-    config.create()
+        ),
+        ("linger.ms", "0".to_owned()),
+    ]))
+    .create()
 }
 
 /// A plain client for high-watermark queries (no group, no assignment).
 pub(crate) fn watermark_client(kafka: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
-    client_config(kafka.client_config(), kafka).create()
+    client_config(kafka.client_config()).create()
 }
 
 /// The topic's high watermark: the offset the next record will get. Runs on the blocking pool
@@ -149,7 +125,7 @@ pub(crate) fn tail_consumer(
     kafka: &KafkaConfig,
     topic: &str,
 ) -> Result<StreamConsumer<TailerContext>, KafkaError> {
-    let mut config = client_config(kafka.client_config(), kafka);
+    let mut config = client_config(kafka.client_config());
     config
         .set("group.id", "ledgerline-registry-tailer")
         .set("enable.auto.commit", "false")

@@ -7,13 +7,10 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ledgerline_service::kafka::{KafkaConfig, KafkaProbe};
+use ledgerline_service::kafka::{ensure_topics, KafkaConfig, KafkaProbe, NewTopics, TopicState};
 use ledgerline_service::ConfigSource;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 
 #[derive(Debug, Parser)]
 #[command(about = "Ledgerline operator commands")]
@@ -77,39 +74,16 @@ async fn main() -> anyhow::Result<()> {
             configs,
             topics,
         } => {
-            let admin: AdminClient<DefaultClientContext> = kafka
-                .client_config()
-                .create()
-                .context("failed to create kafka admin client")?;
-            let new_topics: Vec<NewTopic> = topics
-                .iter()
-                .map(|name| {
-                    configs.iter().fold(
-                        NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
-                        |topic, (key, value)| topic.set(key, value),
-                    )
-                })
-                .collect();
-            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            let results = admin
-                .create_topics(&new_topics, &options)
-                .await
-                .context("create topics request failed")?;
-            let mut failed = false;
-            for result in results {
-                match result {
-                    Ok(name) => eprintln!("created topic {name}"),
-                    Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                        eprintln!("topic {name} exists")
-                    }
-                    Err((name, code)) => {
-                        eprintln!("failed to create topic {name}: {code}");
-                        failed = true;
-                    }
+            let layout = NewTopics {
+                config: configs,
+                ..NewTopics::new(partitions, replication).timeout(Duration::from_secs(10))
+            };
+            let states = ensure_topics(&kafka.client_config(), &topics, &layout).await?;
+            for (name, state) in states {
+                match state {
+                    TopicState::Created => eprintln!("created topic {name}"),
+                    TopicState::Existed => eprintln!("topic {name} exists"),
                 }
-            }
-            if failed {
-                bail!("some topics could not be created");
             }
         }
     }

@@ -1,6 +1,16 @@
 //! Kafka client settings shared by the producer and every consumer: brokers, TLS/SASL and
 //! compression. One place turns them into an rdkafka [`ClientConfig`], so a secured cluster is
 //! configured once for the whole platform.
+//!
+//! One override rule holds for every client built here: `[kafka] librdkafka` is applied last,
+//! so an operator's explicit librdkafka setting wins over anything Ledgerline chooses, including
+//! a component's own settings passed to [`KafkaConfig::idempotent_producer_config`].
+//!
+//! [`ensure_topics`] creates the topics a component needs before it uses them.
+
+mod topics;
+
+pub use topics::{ensure_topics, NewTopics, TopicError, TopicState};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -170,6 +180,33 @@ impl KafkaConfig {
 
     /// Settings every client (producer, consumer, admin) needs.
     pub fn client_config(&self) -> ClientConfig {
+        self.with_passthrough(self.connection_config())
+    }
+
+    /// [`Self::client_config`] plus producer-only settings. Kept apart because librdkafka warns
+    /// about producer properties on a consumer.
+    pub fn producer_config(&self) -> ClientConfig {
+        self.with_passthrough(self.producer_base())
+    }
+
+    /// The producer every Ledgerline component writes with: idempotent with acks=all, so a
+    /// retried send is never written twice and an acknowledged record is on every in-sync
+    /// replica. `settings` are the component's own choices (linger, timeouts, `client.id`).
+    ///
+    /// Like everything Ledgerline sets, they give way to `[kafka] librdkafka`, applied last: an
+    /// operator who sets `acks` or `enable.idempotence` there gives up those guarantees on
+    /// purpose.
+    pub fn idempotent_producer_config(&self, settings: &[(&str, String)]) -> ClientConfig {
+        let mut config = self.producer_base();
+        config.set("enable.idempotence", "true").set("acks", "all");
+        for (key, value) in settings {
+            config.set(*key, value);
+        }
+        self.with_passthrough(config)
+    }
+
+    /// Brokers, client id, security: what every client needs, before the passthrough map.
+    fn connection_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -192,18 +229,17 @@ impl KafkaConfig {
                 config.set(key, value);
             }
         }
-        for (key, value) in &self.librdkafka {
-            config.set(key, value);
-        }
         config
     }
 
-    /// [`Self::client_config`] plus producer-only settings. Kept apart because librdkafka warns
-    /// about producer properties on a consumer.
-    pub fn producer_config(&self) -> ClientConfig {
-        let mut config = self.client_config();
+    fn producer_base(&self) -> ClientConfig {
+        let mut config = self.connection_config();
         config.set("compression.type", self.compression.as_librdkafka());
-        // The passthrough map wins over our own choices, including compression.
+        config
+    }
+
+    /// The one override rule (see the module docs): the passthrough map, applied last.
+    fn with_passthrough(&self, mut config: ClientConfig) -> ClientConfig {
         for (key, value) in &self.librdkafka {
             config.set(key, value);
         }
@@ -295,6 +331,29 @@ mod tests {
         assert!(
             !format!("{config:?}").contains("hunter2"),
             "debug output leaks the password"
+        );
+    }
+
+    #[test]
+    fn idempotent_producer_is_acks_all_unless_the_operator_says_otherwise() {
+        let mut config = KafkaConfig::default();
+        let settings = [("linger.ms", "5".to_owned())];
+        let client = config.idempotent_producer_config(&settings);
+        assert_eq!(client.get("enable.idempotence"), Some("true"));
+        assert_eq!(client.get("acks"), Some("all"));
+        assert_eq!(client.get("linger.ms"), Some("5"));
+        assert_eq!(client.get("compression.type"), Some("lz4"));
+
+        config.librdkafka = BTreeMap::from([
+            ("acks".to_owned(), "1".to_owned()),
+            ("linger.ms".to_owned(), "20".to_owned()),
+        ]);
+        let client = config.idempotent_producer_config(&settings);
+        assert_eq!(client.get("acks"), Some("1"), "the passthrough map wins");
+        assert_eq!(
+            client.get("linger.ms"),
+            Some("20"),
+            "over component settings too"
         );
     }
 
