@@ -36,6 +36,7 @@ use schema_registry_converter::schema_registry_common::{
     get_bytes_result, get_payload, BytesResult, SchemaType, SrCall, SubjectNameStrategy,
     SuppliedSchema,
 };
+use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -148,7 +149,7 @@ impl EventCodec {
             builder.add_url(url.clone());
         }
         if let Some(auth) = &config.basic_auth {
-            builder.set_basic_authorization(&auth.username, Some(&auth.password));
+            builder.set_basic_authorization(&auth.username, Some(auth.password.expose_secret()));
         }
         builder.set_timeout(Duration::from_millis(config.timeout_ms));
         builder.no_proxy();

@@ -2,14 +2,13 @@
 //! [`crate::kafka`]. Any Confluent-compatible registry works (Confluent SR, Karapace, or
 //! `ledgerline-registry`).
 
-use std::fmt;
-
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Result};
 
 /// `[schema_registry]` in `ledgerline.toml`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchemaRegistryConfig {
     /// Base URL, e.g. `http://127.0.0.1:8081`. Several, comma separated, are tried in turn.
@@ -34,34 +33,25 @@ impl Default for SchemaRegistryConfig {
     }
 }
 
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     /// User name; may not contain `:` (basic auth splits on the first one).
     pub username: String,
-    pub password: String,
+    /// A secret type, so `Debug` and log lines show `[REDACTED]`; read it with `expose_secret`.
+    pub password: SecretString,
 }
 
-// The password must never reach a log line.
-impl fmt::Debug for BasicAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BasicAuth")
-            .field("username", &self.username)
-            .field("password", &"[REDACTED]")
-            .finish()
+// `SecretString` has no `==`, but configs are compared whole (defaults, reloads): the same
+// credentials are the same in every part.
+impl PartialEq for BasicAuth {
+    fn eq(&self, other: &Self) -> bool {
+        self.username == other.username
+            && self.password.expose_secret() == other.password.expose_secret()
     }
 }
 
-impl fmt::Debug for SchemaRegistryConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SchemaRegistryConfig")
-            .field("url", &self.url)
-            .field("basic_auth", &self.basic_auth)
-            .field("auto_register", &self.auto_register)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
-    }
-}
+impl Eq for BasicAuth {}
 
 impl SchemaRegistryConfig {
     /// The configured base URLs, trimmed, without trailing slashes.

@@ -838,7 +838,7 @@ async fn basic_auth_guards_the_api_but_not_health_and_metrics() {
             topic: names::unique("schemas"),
             basic_auth: Some(BasicAuth {
                 username: "ledgerline".to_owned(),
-                password: "s3cret".to_owned(),
+                password: "s3cret".into(),
             }),
             ..RegistryConfig::default()
         },

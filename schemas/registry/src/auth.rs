@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::prelude::{Engine, BASE64_STANDARD};
+use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
 use crate::config::BasicAuth;
@@ -49,7 +50,7 @@ fn authorized(expected: &BasicAuth, headers: &HeaderMap) -> bool {
     };
     let (username, password) = (&decoded[..colon], &decoded[colon + 1..]);
     let username_matches = username.ct_eq(expected.username.as_bytes());
-    let password_matches = password.ct_eq(expected.password.as_bytes());
+    let password_matches = password.ct_eq(expected.password.expose_secret().as_bytes());
     (username_matches & password_matches).into()
 }
 
@@ -73,7 +74,7 @@ mod tests {
     fn only_the_configured_credentials_pass() {
         let expected = BasicAuth {
             username: "sr".to_owned(),
-            password: "p:ss".to_owned(),
+            password: "p:ss".into(),
         };
         assert!(authorized(&expected, &basic("sr:p:ss")));
         assert!(authorized(

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use ledgerline_service::ConfigError;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::compatibility::CompatibilityLevel;
@@ -92,7 +93,7 @@ impl RegistryConfig {
                     "must be non-empty and contain no `:`",
                 ));
             }
-            if auth.password.is_empty() {
+            if auth.password.expose_secret().is_empty() {
                 return Err(ConfigError::invalid_value(
                     "registry.basic_auth.password",
                     "must be non-empty",
@@ -174,7 +175,7 @@ mod tests {
         let config = RegistryConfig {
             basic_auth: Some(BasicAuth {
                 username: "a:b".to_owned(),
-                password: "x".to_owned(),
+                password: "x".into(),
             }),
             ..RegistryConfig::default()
         };

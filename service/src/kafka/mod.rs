@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use rdkafka::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Result};
@@ -60,7 +61,8 @@ fn default_brokers() -> String {
     "127.0.0.1:9092".to_owned()
 }
 
-// Passwords must never reach a log line, so Debug is written by hand.
+// The passthrough map can carry secrets (`ssl.key.password`, `sasl.password`), so only its keys
+// are shown. The SASL password is a secret type and shows itself as redacted.
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaConfig")
@@ -99,24 +101,27 @@ impl SecurityProtocol {
     }
 }
 
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaslConfig {
     /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `GSSAPI`.
     pub mechanism: String,
     pub username: String,
-    pub password: String,
+    /// A secret type, so `Debug` and log lines show `[REDACTED]`; read it with `expose_secret`.
+    pub password: SecretString,
 }
 
-impl fmt::Debug for SaslConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SaslConfig")
-            .field("mechanism", &self.mechanism)
-            .field("username", &self.username)
-            .field("password", &"[REDACTED]")
-            .finish()
+// `SecretString` has no `==`, but configs are compared whole (defaults, reloads): the same
+// credentials are the same in every part.
+impl PartialEq for SaslConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.mechanism == other.mechanism
+            && self.username == other.username
+            && self.password.expose_secret() == other.password.expose_secret()
     }
 }
+
+impl Eq for SaslConfig {}
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -218,7 +223,7 @@ impl KafkaConfig {
             config
                 .set("sasl.mechanism", &sasl.mechanism)
                 .set("sasl.username", &sasl.username)
-                .set("sasl.password", &sasl.password);
+                .set("sasl.password", sasl.password.expose_secret());
         }
         for (key, value) in [
             ("ssl.ca.location", &self.tls.ca_location),
