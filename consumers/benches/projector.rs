@@ -1,9 +1,9 @@
 //! The ClickHouse projector next to its two ceilings, on the same events, in one run:
 //!
 //! - **input ceiling**: raw rdkafka consumption of the topics (no decoding, no insert);
-//! - **projector**: the consumer runtime with the ClickHouse sink, as `ledgerline-consumer
-//!   clickhouse` runs it (decode through the registry, validate, rows, `job_status` and
-//!   `events` inserts, offset commits);
+//! - **projector**: `projector::run`, what `ledgerline-consumer projector` runs (decode through
+//!   the registry, validate, rows, `job_status` and `events` inserts, offset commits), timed
+//!   from its own `ledgerline_consumer_events_total{outcome="written"}` counter;
 //! - **output ceiling**: the same rows inserted straight into ClickHouse through the
 //!   `clickhouse` crate, in batches of the same size and shape (the order a consumer reads
 //!   them, one insert per Kafka partition, run concurrently), with decoding and row building
@@ -27,14 +27,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use ledgerline_consumers::clickhouse::{
-    event_row, job_status_row, row, schema, ClickHouseCompression, ClickHouseConfig,
-    ClickHouseSink, EventRow, JobStatusRow, PreparedBatch, ProjectorConfig,
+use ledgerline_consumers::clickhouse::{self, ClickHouseCompression, ClickHouseConfig};
+use ledgerline_consumers::projector::schema::MIGRATIONS;
+use ledgerline_consumers::projector::{
+    self, event_row, insert, job_status_row, EventRow, JobStatusRow, ProjectorConfig,
+    ProjectorSettings,
 };
-use ledgerline_consumers::runtime::{self, Record, RuntimeConfig, Sink, SinkError};
+use ledgerline_consumers::runtime::ConsumerSettings;
 use ledgerline_schemas::{samples, Category, EventCodec};
 use ledgerline_service::kafka::KafkaConfig;
 use ledgerline_service::schema_registry::SchemaRegistryConfig;
+use ledgerline_service::telemetry;
 use ledgerline_tests::{names, Broker, BrokerStorage, ClickHouseServer, RegistryServer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -85,7 +88,7 @@ struct Produced {
 async fn fill(broker: &Broker, codec: &EventCodec, count: usize) -> Vec<Produced> {
     for category in STORED {
         broker
-            .create_topic(&category.topic(), PARTITIONS)
+            .create_topic(category.topic_name(), PARTITIONS)
             .await
             .unwrap();
         codec.prepare(category, true).await.unwrap();
@@ -116,7 +119,7 @@ async fn fill(broker: &Broker, codec: &EventCodec, count: usize) -> Vec<Produced
     let mut placements = Vec::with_capacity(count);
     let mut in_flight = FuturesUnordered::new();
     for (n, event) in produced.iter().enumerate() {
-        let topic = event.category.topic();
+        let topic = event.category.topic_name().to_owned();
         let key = format!("key-{}", n % 97);
         loop {
             let record = FutureRecord::to(&topic).key(&key).payload(&event.payload);
@@ -152,13 +155,13 @@ async fn fill(broker: &Broker, codec: &EventCodec, count: usize) -> Vec<Produced
 async fn input_ceiling(broker: &Broker, count: u64) -> f64 {
     // The projector's fetch wait, so both read the broker the same way (see
     // `ProjectorConfig::fetch_wait_max_ms` for why it matters on Tansu).
-    let fetch_wait = ProjectorConfig::default().fetch_wait_max_ms.to_string();
+    let fetch_wait = ConsumerSettings::default().fetch_wait_max_ms.to_string();
     let consumer: StreamConsumer = broker
         .consumer_config(&names::group())
         .set("fetch.wait.max.ms", fetch_wait)
         .create()
         .unwrap();
-    let topics: Vec<String> = STORED.iter().map(|c| c.topic()).collect();
+    let topics: Vec<String> = STORED.iter().map(|c| c.topic_name().to_owned()).collect();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).unwrap();
     let mut received = 0_u64;
@@ -174,43 +177,24 @@ async fn input_ceiling(broker: &Broker, count: u64) -> f64 {
     sustained(first.unwrap(), 1, Instant::now(), count)
 }
 
-/// Times the sink's writes: when the target is reached it reports the end of the first batch
-/// (and how many events it held) and stops the runtime.
-struct Timed {
-    inner: ClickHouseSink,
-    written: u64,
-    target: u64,
-    first: Option<(Instant, u64)>,
-    report: Option<tokio::sync::oneshot::Sender<(Instant, u64)>>,
-    done: CancellationToken,
-}
-
-impl Sink for Timed {
-    type Prepared = (PreparedBatch, u64);
-    type Preparer = Box<dyn FnMut(Vec<Record>) -> Self::Prepared + Send>;
-
-    fn preparer(&self) -> Self::Preparer {
-        let mut inner = self.inner.preparer();
-        Box::new(move |records| {
-            let events = records.len() as u64;
-            (inner(records), events)
+/// Events the projector has written so far, from the process's own metrics: what its
+/// `/metrics` shows.
+fn written_by_projector(metrics: &metrics_exporter_prometheus::PrometheusHandle) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .find(|line| {
+            line.starts_with("ledgerline_consumer_events_total{")
+                && line.contains("consumer=\"projector\"")
+                && line.contains("outcome=\"written\"")
         })
-    }
-
-    async fn write(&mut self, (batch, events): &Self::Prepared) -> Result<(), SinkError> {
-        self.inner.write(batch).await?;
-        self.written += events;
-        let first = *self.first.get_or_insert((Instant::now(), self.written));
-        if self.written >= self.target {
-            if let Some(report) = self.report.take() {
-                let _ = report.send(first);
-            }
-            self.done.cancel();
-        }
-        Ok(())
-    }
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
 }
 
+/// Runs `projector::run` until it has written `count` events; its throughput from the end of
+/// its first batch to the end of the last (sampled every 5 ms).
 async fn projector(
     broker: &Broker,
     registry: &SchemaRegistryConfig,
@@ -218,45 +202,51 @@ async fn projector(
     count: u64,
     batch: usize,
 ) -> f64 {
-    let topics: Vec<String> = STORED.iter().map(|c| c.topic()).collect();
+    let metrics = telemetry::prometheus().unwrap();
+    let before = written_by_projector(&metrics);
+    let settings = ProjectorSettings {
+        kafka: KafkaConfig {
+            brokers: broker.bootstrap(),
+            ..KafkaConfig::default()
+        },
+        schema_registry: registry.clone(),
+        projector: ProjectorConfig {
+            consumer: ConsumerSettings {
+                group_id: Some(names::group()),
+                batch_max_events: batch,
+                ..ConsumerSettings::default()
+            },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            clickhouse: clickhouse.clone(),
+            ..ProjectorConfig::default()
+        },
+    };
     let done = CancellationToken::new();
-    let (report, timings) = tokio::sync::oneshot::channel();
-    let sink = Timed {
-        inner: ClickHouseSink::start(clickhouse, &topics).await.unwrap(),
-        written: 0,
-        target: count,
-        first: None,
-        report: Some(report),
-        done: done.clone(),
-    };
-    let kafka = KafkaConfig {
-        brokers: broker.bootstrap(),
-        ..KafkaConfig::default()
-    };
-    let codec = Arc::new(EventCodec::new(registry).unwrap());
-    let config = RuntimeConfig {
-        group_id: names::group(),
-        topics,
-        batch_max_events: batch,
-        batch_max_wait: Duration::from_secs(1),
-        max_event_bytes: 1024 * 1024,
-        fetch_wait_max: ProjectorConfig::default().fetch_wait_max(),
-    };
-    let task = tokio::spawn(async move {
-        runtime::run(config, &kafka, codec, sink, done)
-            .await
-            .unwrap();
-    });
-    let (first, first_count) = tokio::time::timeout(Duration::from_secs(600), timings)
-        .await
-        .expect("projector did not finish within 10 minutes")
-        .unwrap();
+    let task = tokio::spawn(projector::run(settings, done.clone()));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let written = written_by_projector(&metrics) - before;
+        if written > 0 {
+            first.get_or_insert((Instant::now(), written));
+        }
+        if written >= count {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "projector did not finish within 10 minutes"
+        );
+    }
     let last = Instant::now();
-    task.await.unwrap();
-    let stored = ledgerline_consumers::clickhouse::queries::count_events(
+    done.cancel();
+    task.await.unwrap().unwrap();
+    let (first, first_count) = first.unwrap();
+    let stored = projector::queries::count_events(
         &clickhouse.client(),
         &clickhouse.database,
-        &ledgerline_consumers::clickhouse::EventFilter::default(),
+        &projector::EventFilter::default(),
     )
     .await
     .unwrap();
@@ -282,7 +272,7 @@ async fn output_ceiling(
     batch: usize,
 ) -> f64 {
     let client = clickhouse.client();
-    schema::migrate(&client, &clickhouse.database)
+    clickhouse::migrate(&client, &clickhouse.database, MIGRATIONS)
         .await
         .unwrap();
     let ingested_at = u32::try_from(
@@ -293,12 +283,12 @@ async fn output_ceiling(
     )
     .unwrap();
     let mut in_read_order: Vec<&Produced> = produced.iter().collect();
-    in_read_order.sort_by_key(|event| (event.category.topic(), event.partition, event.offset));
+    in_read_order.sort_by_key(|event| (event.category.topic_name(), event.partition, event.offset));
     let mut batches = Vec::new();
     for chunk in in_read_order.chunks(batch) {
         let mut inserts: Vec<((String, i32), PartitionRows)> = Vec::new();
         for event in chunk {
-            let topic = event.category.topic();
+            let topic = event.category.topic_name().to_owned();
             let decoded = codec.decode(event.category, &event.payload).await.unwrap();
             let key = (topic.clone(), event.partition);
             let index = match inserts.iter().position(|(known, _)| *known == key) {
@@ -343,11 +333,13 @@ async fn output_ceiling(
             writes.spawn(async move {
                 let PartitionRows { rows, statuses } = &*insert;
                 if !statuses.is_empty() {
-                    row::insert_job_statuses(&client, &database, statuses)
+                    insert::insert_job_statuses(&client, &database, statuses)
                         .await
                         .unwrap();
                 }
-                row::insert_events(&client, &database, rows).await.unwrap();
+                insert::insert_events(&client, &database, rows)
+                    .await
+                    .unwrap();
             });
         }
         while let Some(done) = writes.join_next().await {
@@ -382,9 +374,9 @@ async fn main() {
     let clickhouse = |database: &str| ClickHouseConfig {
         url: server.url(),
         user: "default".to_owned(),
-        password: String::new(),
         database: database.to_owned(),
         compression,
+        ..ClickHouseConfig::default()
     };
 
     let produced = fill(&broker, &codec, count).await;

@@ -1,15 +1,16 @@
-//! `ledgerline-consumers` owns the one consumer runtime (subscribe, decode, batch, commit,
-//! dead-letter, retry, shutdown) and its sinks, each in its own folder: `clickhouse` (the
-//! projector), `archive` (the tamper-evident audit archive) and `fanout` (the live-stream hub
-//! the query API embeds).
+//! `ledgerline-consumers` owns the one consumer runtime and the consumers built on it, each in
+//! its own folder:
 //!
-//! - [`runtime`]: the shared consumer loop and its delivery semantics, and the dead-letter
-//!   topic;
-//! - [`clickhouse`]: the projector sink, its schema migrations, rows and the read queries the
-//!   query API reuses.
+//! - [`runtime`]: the shared consumer (group or broadcast mode, decode, batch, commit, reject,
+//!   retry, rebalance hooks, fencing, lag and health, shutdown) and the dead-letter topic;
+//! - [`clickhouse`]: what the ClickHouse sinks share: connection settings, error kinds and
+//!   versioned migrations;
+//! - [`projector`]: the projector into ClickHouse `ledgerline` (events and the latest job
+//!   states) and the read library the query API uses.
 //!
-//! The binary `ledgerline-consumer <sink>` runs one sink (`clickhouse` so far). The archive
-//! and fan-out sinks arrive with their issues.
+//! The binary `ledgerline-consumer <consumer>` runs one consumer (`projector` so far). The
+//! audit archive and the live fan-out arrive with their issues.
 
 pub mod clickhouse;
+pub mod projector;
 pub mod runtime;

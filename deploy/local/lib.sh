@@ -33,23 +33,48 @@ APT_PACKAGES=(cmake libcurl4-openssl-dev zlib1g-dev libzstd-dev libssl-dev libsa
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# pid_of NAME -> prints the pid when the process recorded for NAME is alive.
+# start_time PID -> prints the process's start time (clock ticks since boot, field 22 of
+# /proc/PID/stat): with the pid, it names one process, whatever later reuses the pid.
+start_time() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  # The command name (field 2) may hold spaces; the fields after its closing parenthesis don't.
+  stat="${stat##*) }"
+  # shellcheck disable=SC2086 # split on purpose
+  set -- $stat
+  echo "${20}"
+}
+
+# is_live PID [START]: the process exists and is neither a zombie nor exiting (`kill -0`
+# succeeds for both: a killed service whose parent has not reaped it yet), and, when START is
+# given, it is the same process that was started (not another program that got the pid).
+is_live() {
+  local pid="$1" expected="${2:-}" stat state
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  state="${stat%% *}"
+  [[ "$state" != Z && "$state" != X && "$state" != x ]] || return 1
+  [[ -z "$expected" || "$(start_time "$pid")" == "$expected" ]]
+}
+
+# pid_of NAME -> prints the pid when the process recorded for NAME is alive (see is_live).
 pid_of() {
-  local pid_file="$STATE_DIR/run/$1.pid" pid
+  local pid_file="$STATE_DIR/run/$1.pid" pid started
   [[ -f "$pid_file" ]] || return 1
-  pid="$(cat "$pid_file")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  read -r pid started <"$pid_file" || true
+  [[ -n "$pid" ]] && is_live "$pid" "${started:-}" || return 1
   echo "$pid"
 }
 
 # start_process NAME DIR COMMAND... : starts COMMAND in DIR in its own session, in the
-# background, with output to log/NAME.log, and records its pid.
+# background, with output to log/NAME.log, and records its pid and start time.
 start_process() {
-  local name="$1" dir="$2"
+  local name="$1" dir="$2" pid
   shift 2
   mkdir -p "$STATE_DIR/run" "$STATE_DIR/log"
   (cd "$dir" && exec setsid "$@" >>"$STATE_DIR/log/$name.log" 2>&1 </dev/null) &
-  echo $! >"$STATE_DIR/run/$name.pid"
+  pid=$!
+  echo "$pid $(start_time "$pid")" >"$STATE_DIR/run/$name.pid"
 }
 
 # stop_process NAME: SIGTERM, then SIGKILL after 15 s; removes the pid file.
@@ -61,10 +86,10 @@ stop_process() {
   fi
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 150); do
-    kill -0 "$pid" 2>/dev/null || break
+    is_live "$pid" || break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if is_live "$pid"; then
     log "$name (pid $pid) ignored SIGTERM for 15s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi

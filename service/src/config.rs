@@ -20,7 +20,6 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "kafka",
     "telemetry",
     "schema_registry",
-    "clickhouse",
     "registry",
     "producer",
     "projector",
@@ -158,11 +157,68 @@ impl ConfigSource {
         }
         // `focus` rather than `extract_inner`: figment reverses the key path in the latter's
         // errors, and the message must name the key as the operator wrote it.
-        self.figment
-            .focus(name)
-            .extract()
-            .map_err(|error| ConfigError::Invalid(describe_all(error, Some(name))))
+        self.figment.focus(name).extract().map_err(|error| {
+            ConfigError::Invalid(describe_all(self.locate::<T>(name, error), Some(name)))
+        })
     }
+
+    /// Names the key behind an error that names none. A section that flattens shared settings
+    /// into itself (every consumer's section) is deserialized by serde from a buffer that has
+    /// lost figment's key path, so its errors say only "invalid type" or "unknown field". Each
+    /// of the section's values is then tried alone (`#[serde(default)]` fills the rest), down
+    /// into nested tables, until one fails by itself: that key, with where its value came from.
+    fn locate<T: DeserializeOwned + Default>(
+        &self,
+        name: &str,
+        error: figment::Error,
+    ) -> figment::Error {
+        if !error.path.is_empty() {
+            return error;
+        }
+        let Ok(section) = self.figment.focus(name).extract::<figment::value::Dict>() else {
+            return error;
+        };
+        match first_failing::<T>(&section, &mut Vec::new()) {
+            Some((path, mut found)) => {
+                found.metadata = self
+                    .figment
+                    .find_metadata(&format!("{name}.{}", path.join(".")))
+                    .cloned();
+                found.path = path;
+                found
+            }
+            None => error,
+        }
+    }
+}
+
+/// The path of the first value of `table` (under `prefix`) that fails to deserialize into `T`
+/// when it is the only value set, with its error.
+fn first_failing<T: DeserializeOwned>(
+    table: &figment::value::Dict,
+    prefix: &mut Vec<String>,
+) -> Option<(Vec<String>, figment::Error)> {
+    for (key, value) in table {
+        prefix.push(key.clone());
+        let alone = prefix.iter().rev().fold(value.clone(), |inner, key| {
+            figment::value::Value::from(figment::value::Dict::from([(key.clone(), inner)]))
+        });
+        let failed = Figment::from(figment::providers::Serialized::defaults(alone))
+            .extract::<T>()
+            .err();
+        if let Some(error) = failed {
+            // A table whose own key is fine but one of whose values is not: go down.
+            if let figment::value::Value::Dict(_, inner) = value {
+                if let Some(found) = first_failing::<T>(inner, prefix) {
+                    return Some(found);
+                }
+            }
+            let path = prefix.clone();
+            return Some((path, error));
+        }
+        prefix.pop();
+    }
+    None
 }
 
 /// `LEDGERLINE_<SECTION>__<KEY>` from the process environment, minus the variables that are

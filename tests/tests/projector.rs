@@ -6,13 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledgerline_consumers::clickhouse::{
-    queries, schema, ClickHouseConfig, ClickHouseSink, EventFilter, InsertHealth,
+use ledgerline_consumers::clickhouse::ClickHouseConfig;
+use ledgerline_consumers::projector::{
+    self, queries, schema, EventFilter, ProjectorConfig, ProjectorSettings,
 };
-use ledgerline_consumers::runtime::{self, RuntimeConfig};
+use ledgerline_consumers::runtime::ConsumerSettings;
 use ledgerline_producer::event::*;
 use ledgerline_producer::{Ledger, ProducerConfig};
 use ledgerline_schemas::topics::DLQ_TOPIC;
@@ -25,13 +25,6 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
-
-const STORED: [Category; 4] = [
-    Category::Audit,
-    Category::Job,
-    Category::Connection,
-    Category::System,
-];
 
 struct Stack {
     broker: Broker,
@@ -46,7 +39,6 @@ async fn stack() -> Stack {
     let clickhouse = ClickHouseConfig {
         url: harness.clickhouse.url(),
         user: "default".to_owned(),
-        password: String::new(),
         database: names::database(),
         ..ClickHouseConfig::default()
     };
@@ -86,34 +78,38 @@ impl Stack {
             .unwrap()
     }
 
-    /// Starts the projector in this process; returns its stop token and task.
+    /// Starts the projector in this process, through `projector::run` as the binary does;
+    /// returns its stop token, its task and where its `/health` listens.
     async fn projector(
         &self,
         max_event_bytes: usize,
-    ) -> (CancellationToken, tokio::task::JoinHandle<()>, InsertHealth) {
-        let topics: Vec<String> = STORED.iter().map(|c| c.topic()).collect();
-        let sink = ClickHouseSink::start(&self.clickhouse, &topics)
-            .await
-            .unwrap();
-        let health = sink.health();
-        let codec = Arc::new(EventCodec::new(&self.registry_config()).unwrap());
-        let shutdown = CancellationToken::new();
-        let config = RuntimeConfig {
-            group_id: names::group(),
-            topics,
-            batch_max_events: 1000,
-            batch_max_wait: Duration::from_millis(200),
-            max_event_bytes,
-            fetch_wait_max: Duration::from_millis(50),
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>, String) {
+        let listen = format!(
+            "127.0.0.1:{}",
+            ledgerline_tests::process::free_port().unwrap()
+        );
+        let settings = ProjectorSettings {
+            kafka: self.kafka(),
+            schema_registry: self.registry_config(),
+            projector: ProjectorConfig {
+                consumer: ConsumerSettings {
+                    group_id: Some(names::group()),
+                    batch_max_events: 1000,
+                    batch_max_wait_ms: 200,
+                    max_event_bytes,
+                    ..ConsumerSettings::default()
+                },
+                listen: listen.parse().unwrap(),
+                clickhouse: self.clickhouse.clone(),
+                ..ProjectorConfig::default()
+            },
         };
-        let kafka = self.kafka();
+        let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            runtime::run(config, &kafka, codec, sink, token)
-                .await
-                .unwrap();
+            projector::run(settings, token).await.unwrap();
         });
-        (shutdown, task, health)
+        (shutdown, task, listen)
     }
 
     async fn wait_for_count(&self, expected: u64) -> u64 {
@@ -128,6 +124,28 @@ impl Stack {
                 return count;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The projector's `clickhouse_inserts` health check, read from its `/health`.
+struct InsertHealth(String);
+
+impl InsertHealth {
+    async fn check(&self) -> Result<(), String> {
+        let report: serde_json::Value = reqwest::get(format!("http://{}/health", self.0))
+            .await
+            .map_err(|error| error.to_string())?
+            .json()
+            .await
+            .map_err(|error| error.to_string())?;
+        let check = &report["components"]["clickhouse_inserts"];
+        match check["status"].as_str() {
+            Some("ok") => Ok(()),
+            _ => Err(check["error"]
+                .as_str()
+                .unwrap_or("no such check")
+                .to_owned()),
         }
     }
 }
@@ -450,7 +468,8 @@ async fn nothing_is_lost_while_clickhouse_is_down_for_20_seconds() {
 async fn a_dropped_table_fails_health_and_its_batch_lands_once_the_table_is_back() {
     let stack = stack().await;
     let ledger = stack.ledger().await;
-    let (stop, task, inserts) = stack.projector(1 << 20).await;
+    let (stop, task, listen) = stack.projector(1 << 20).await;
+    let inserts = InsertHealth(listen);
     let publish = |from: u64, to: u64| {
         let ledger = ledger.clone();
         async move {
@@ -471,7 +490,7 @@ async fn a_dropped_table_fails_health_and_its_batch_lands_once_the_table_is_back
     };
     publish(0, 100).await;
     assert_eq!(stack.wait_for_count(100).await, 100);
-    assert_eq!(inserts.check(), Ok(()));
+    assert_eq!(inserts.check().await, Ok(()));
 
     let admin = stack.clickhouse.client();
     let database = &stack.clickhouse.database;
@@ -483,7 +502,7 @@ async fn a_dropped_table_fails_health_and_its_batch_lands_once_the_table_is_back
     publish(100, 250).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let failure = loop {
-        if let Err(failure) = inserts.check() {
+        if let Err(failure) = inserts.check().await {
             break failure;
         }
         assert!(Instant::now() < deadline, "inserts never failed");
@@ -502,7 +521,7 @@ async fn a_dropped_table_fails_health_and_its_batch_lands_once_the_table_is_back
     }
     assert_eq!(stack.wait_for_count(150).await, 150);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while inserts.check().is_err() {
+    while inserts.check().await.is_err() {
         assert!(Instant::now() < deadline, "health did not recover");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -10,9 +10,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ledgerline_consumers::clickhouse::queries::{self, EventFilter};
-use ledgerline_consumers::clickhouse::row::{self, EventRow, JobStatusRow};
-use ledgerline_consumers::clickhouse::{event_row, job_status_row, migrate};
+use ledgerline_consumers::clickhouse::{migrate, ClickHouseConfig};
+use ledgerline_consumers::projector::queries::{self, EventFilter};
+use ledgerline_consumers::projector::row::{EventRow, JobStatusRow};
+use ledgerline_consumers::projector::schema::MIGRATIONS;
+use ledgerline_consumers::projector::{
+    event_row, insert, job_status_row, retention, ProjectorSink,
+};
+use ledgerline_consumers::runtime::{Sink, TopicPartition};
 use ledgerline_schemas::event::JobStatus;
 use ledgerline_schemas::{samples, Category, Event};
 use ledgerline_tests::{names, Harness};
@@ -24,7 +29,7 @@ async fn migrated_database() -> (clickhouse::Client, String) {
     let harness = Harness::shared().unwrap();
     let database = harness.clickhouse.create_database().await.unwrap();
     let client = harness.clickhouse.client();
-    assert_eq!(migrate(&client, &database).await.unwrap(), [1]);
+    assert_eq!(migrate(&client, &database, MIGRATIONS).await.unwrap(), [1]);
     (client, database)
 }
 
@@ -66,9 +71,9 @@ async fn migrations_create_the_tables_and_are_idempotent() {
     let client = harness.clickhouse.client();
     // A database that does not exist yet is created.
     let database = names::database();
-    assert_eq!(migrate(&client, &database).await.unwrap(), [1]);
+    assert_eq!(migrate(&client, &database, MIGRATIONS).await.unwrap(), [1]);
     assert_eq!(
-        migrate(&client, &database).await.unwrap(),
+        migrate(&client, &database, MIGRATIONS).await.unwrap(),
         Vec::<u32>::new()
     );
 
@@ -89,7 +94,7 @@ async fn migrations_create_the_tables_and_are_idempotent() {
     assert_eq!(versions, [(1, "events and job_status".to_owned())]);
 
     // A bad name is refused before any SQL is sent.
-    let error = migrate(&client, "ledgerline; DROP DATABASE x")
+    let error = migrate(&client, "ledgerline; DROP DATABASE x", MIGRATIONS)
         .await
         .unwrap_err();
     assert!(
@@ -108,7 +113,7 @@ async fn every_stored_category_lands_in_events_with_every_field() {
             assert_eq!(category, Category::Session, "only sessions have no row");
             continue;
         };
-        row::insert_events(&client, &database, std::slice::from_ref(&row))
+        insert::insert_events(&client, &database, std::slice::from_ref(&row))
             .await
             .unwrap();
 
@@ -134,14 +139,14 @@ async fn replayed_batches_are_read_once() {
     let ingested_at = now_secs();
     let batch = rows(&events, ingested_at);
     // The replay of an insert whose answer was lost: same rows, same partition.
-    row::insert_events(&client, &database, &batch)
+    insert::insert_events(&client, &database, &batch)
         .await
         .unwrap();
-    row::insert_events(&client, &database, &batch)
+    insert::insert_events(&client, &database, &batch)
         .await
         .unwrap();
     // A replay the next day lands in another partition, where merges never reach.
-    row::insert_events(&client, &database, &rows(&events, ingested_at + DAY))
+    insert::insert_events(&client, &database, &rows(&events, ingested_at + DAY))
         .await
         .unwrap();
 
@@ -202,7 +207,7 @@ async fn job_status_shows_the_latest_state() {
     };
     // Inserted out of order, one insert each, so no merge has sorted them out.
     for entry in [&completed, &queued, &failed, &running] {
-        row::insert_job_statuses(&client, &database, &[status_row(entry)])
+        insert::insert_job_statuses(&client, &database, &[status_row(entry)])
             .await
             .unwrap();
     }
@@ -246,7 +251,7 @@ async fn job_status_shows_the_latest_state() {
 }
 
 #[tokio::test]
-async fn resume_offsets_are_the_greatest_stored_per_partition() {
+async fn resume_positions_follow_the_greatest_stored_offset_per_partition() {
     let (client, database) = migrated_database().await;
     let topic = names::topic();
     let ingested_at = now_secs();
@@ -265,11 +270,11 @@ async fn resume_offsets_are_the_greatest_stored_per_partition() {
             .unwrap()
         })
         .collect();
-    row::insert_events(&client, &database, &batch)
+    insert::insert_events(&client, &database, &batch)
         .await
         .unwrap();
     // A replay and another topic change nothing.
-    row::insert_events(&client, &database, &batch)
+    insert::insert_events(&client, &database, &batch)
         .await
         .unwrap();
     let other = event_row(
@@ -280,20 +285,38 @@ async fn resume_offsets_are_the_greatest_stored_per_partition() {
         ingested_at,
     )
     .unwrap();
-    row::insert_events(&client, &database, &[other])
+    insert::insert_events(&client, &database, &[other])
         .await
         .unwrap();
 
+    // What the sink answers the runtime when the group assigns it these partitions: one
+    // past the greatest stored offset; nothing for a partition with nothing stored.
+    let harness = Harness::shared().unwrap();
+    let mut sink = ProjectorSink::start(&ClickHouseConfig {
+        url: harness.clickhouse.url(),
+        user: "default".to_owned(),
+        database: database.clone(),
+        ..ClickHouseConfig::default()
+    })
+    .await
+    .unwrap();
+    let partitions: Vec<TopicPartition> = (0..4)
+        .map(|partition| TopicPartition::new(&topic, partition))
+        .chain([TopicPartition::new("never-seen", 0)])
+        .collect();
+    let positions = sink.on_assign(&partitions).await.unwrap();
+    let positions: BTreeMap<(String, i32), i64> = positions
+        .into_iter()
+        .map(|(partition, next)| ((partition.topic.to_string(), partition.partition), next))
+        .collect();
     assert_eq!(
-        queries::resume_offsets(&client, &database, &topic)
-            .await
-            .unwrap(),
-        BTreeMap::from([(0, 7), (1, 3), (2, 10)])
+        positions,
+        BTreeMap::from([
+            ((topic.clone(), 0), 8),
+            ((topic.clone(), 1), 4),
+            ((topic.clone(), 2), 11)
+        ])
     );
-    assert!(queries::resume_offsets(&client, &database, "never-seen")
-        .await
-        .unwrap()
-        .is_empty());
 }
 
 #[tokio::test]
@@ -304,14 +327,14 @@ async fn retention_drops_only_expired_partitions_of_the_category() {
     for category in [Category::System, Category::Job, Category::Audit] {
         for ingested_at in [forty_days_ago, today] {
             let batch = rows(&[samples::event(category, 1)], ingested_at);
-            row::insert_events(&client, &database, &batch)
+            insert::insert_events(&client, &database, &batch)
                 .await
                 .unwrap();
         }
     }
     let now = UNIX_EPOCH + Duration::from_secs(u64::from(today));
 
-    let dropped = queries::drop_expired_partitions(&client, &database, Category::System, 30, now)
+    let dropped = retention::drop_expired_partitions(&client, &database, Category::System, 30, now)
         .await
         .unwrap();
     assert_eq!(dropped.len(), 1, "{dropped:?}");
@@ -328,7 +351,7 @@ async fn retention_drops_only_expired_partitions_of_the_category() {
     );
 
     // Audit is kept a year.
-    let dropped = queries::drop_expired_partitions(&client, &database, Category::Audit, 365, now)
+    let dropped = retention::drop_expired_partitions(&client, &database, Category::Audit, 365, now)
         .await
         .unwrap();
     assert!(dropped.is_empty(), "{dropped:?}");
@@ -338,7 +361,7 @@ async fn retention_drops_only_expired_partitions_of_the_category() {
     );
 
     // Running again finds nothing left to drop.
-    let dropped = queries::drop_expired_partitions(&client, &database, Category::System, 30, now)
+    let dropped = retention::drop_expired_partitions(&client, &database, Category::System, 30, now)
         .await
         .unwrap();
     assert!(dropped.is_empty(), "{dropped:?}");
@@ -366,11 +389,11 @@ async fn filters_select_the_right_events() {
     ];
     let occurred = |n: usize| events[n].envelope().occurred_at;
     let id = |n: usize| events[n].envelope().event_id.to_string();
-    row::insert_events(&client, &database, &rows(&events, ingested_at))
+    insert::insert_events(&client, &database, &rows(&events, ingested_at))
         .await
         .unwrap();
     let connection = Event::Connection(samples::connection(5));
-    row::insert_events(
+    insert::insert_events(
         &client,
         &database,
         &rows(std::slice::from_ref(&connection), ingested_at),

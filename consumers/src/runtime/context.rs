@@ -1,203 +1,229 @@
-//! The runtime consumer's librdkafka callbacks (partition assignments, in the log and in the
-//! set of partitions whose lag is reported) and the lag report itself.
+//! The consumer's librdkafka callbacks: partition assignments and revocations, each brought to
+//! the sink through the writer (so it is ordered with the batches), and the assignment
+//! generations that fencing compares.
+//!
+//! librdkafka calls these on the reader thread, inside `poll`, before it applies the change:
+//! an assignment waits for the sink's resume positions and starts the partitions there; a
+//! revocation waits until every batch read before it is settled, so the group hands the
+//! partitions to another member only after this one stopped writing them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, oneshot};
 
-/// How often lag is measured. Lag moves in seconds; each measurement is one watermark request
-/// per assigned partition.
-const LAG_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest wait for one broker answer while measuring lag.
-const LAG_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+use super::sink::{Positions, TopicPartition};
+use super::writer::Work;
 
-/// What the runtime knows of the group's committed offset of an assigned partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Committed {
-    /// Just assigned; the lag task reads it from the broker.
-    NotRead,
-    /// The group never committed this partition: everything in it is still to be read.
-    Never,
-    At(i64),
-}
+/// Which partitions this consumer owns, each under the generation it was assigned in.
+#[derive(Debug, Default)]
+pub(super) struct Assignments(Mutex<AssignmentState>);
 
 #[derive(Debug)]
-pub(super) struct RuntimeContext {
-    group_id: String,
-    assigned: Mutex<HashMap<(String, i32), Committed>>,
+struct AssignmentState {
+    assigned: HashMap<TopicPartition, u64>,
+    next_generation: u64,
+    /// Counts changes, so the reader notices one and drops from the batch it is reading the
+    /// records of partitions no longer assigned under the generation it read them in: their
+    /// next owner (or this consumer, from the new position) reads them again.
+    changes: u64,
 }
 
-impl RuntimeContext {
-    pub(super) fn new(group_id: String) -> Self {
+impl Default for AssignmentState {
+    fn default() -> Self {
         Self {
-            group_id,
-            assigned: Mutex::default(),
+            assigned: HashMap::new(),
+            next_generation: 1,
+            changes: 0,
         }
-    }
-
-    /// Records offsets the runtime committed, for partitions still assigned: a batch written
-    /// after its partitions were revoked must not bring them back into the lag report.
-    pub(super) fn committed(&self, offsets: &TopicPartitionList) {
-        self.update(offsets, |_| true);
-    }
-
-    /// Records committed offsets read from the broker, unless a commit got there first.
-    fn read(&self, offsets: &TopicPartitionList) {
-        self.update(offsets, |known| known == Committed::NotRead);
-    }
-
-    fn update(&self, offsets: &TopicPartitionList, replace: impl Fn(Committed) -> bool) {
-        let Ok(mut assigned) = self.assigned.lock() else {
-            return;
-        };
-        for element in offsets.elements() {
-            let key = (element.topic().to_owned(), element.partition());
-            let Some(known) = assigned.get_mut(&key) else {
-                continue;
-            };
-            if replace(*known) {
-                *known = match element.offset() {
-                    Offset::Offset(offset) => Committed::At(offset),
-                    _ => Committed::Never,
-                };
-            }
-        }
-    }
-
-    fn snapshot(&self) -> Vec<((String, i32), Committed)> {
-        self.assigned
-            .lock()
-            .map(|assigned| {
-                assigned
-                    .iter()
-                    .map(|(key, known)| (key.clone(), *known))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 
-impl ClientContext for RuntimeContext {}
+impl Assignments {
+    fn with<T>(&self, f: impl FnOnce(&mut AssignmentState) -> T) -> T {
+        let mut state = match self.0.lock() {
+            Ok(state) => state,
+            // A panic elsewhere cannot leave the map half-updated: every change is one insert
+            // or remove. Keep going rather than lose the assignment.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut state)
+    }
 
-impl ConsumerContext for RuntimeContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// Records partitions as assigned, each under a new generation.
+    pub(super) fn assign(&self, partitions: &[TopicPartition]) {
+        self.with(|state| {
+            for partition in partitions {
+                let generation = state.next_generation;
+                state.next_generation += 1;
+                state.assigned.insert(partition.clone(), generation);
+            }
+            state.changes += 1;
+        });
+    }
+
+    pub(super) fn revoke(&self, partitions: &[TopicPartition]) {
+        self.with(|state| {
+            for partition in partitions {
+                state.assigned.remove(partition);
+            }
+            state.changes += 1;
+        });
+    }
+
+    /// The generation `partition` is assigned under, `None` when it is not assigned here.
+    pub(super) fn generation(&self, partition: &TopicPartition) -> Option<u64> {
+        self.with(|state| state.assigned.get(partition).copied())
+    }
+
+    /// How many times the assignment changed.
+    pub(super) fn changes(&self) -> u64 {
+        self.with(|state| state.changes)
+    }
+
+    pub(super) fn assigned(&self) -> Vec<TopicPartition> {
+        self.with(|state| state.assigned.keys().cloned().collect())
+    }
+}
+
+/// The context of a runtime consumer: shared assignments, and the writer's queue, which the
+/// callbacks use to reach the sink in order with the batches.
+pub(super) struct RuntimeContext<P> {
+    pub(super) consumer: String,
+    pub(super) assignments: Arc<Assignments>,
+    work: mpsc::UnboundedSender<Work<P>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<P> std::fmt::Debug for RuntimeContext<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeContext")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Send + Sync + 'static> RuntimeContext<P> {
+    pub(super) fn new(
+        consumer: String,
+        assignments: Arc<Assignments>,
+        work: mpsc::UnboundedSender<Work<P>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            consumer,
+            assignments,
+            work,
+            runtime,
+        }
+    }
+
+    /// Records `partitions` as assigned and asks the sink where to start them. Blocks the
+    /// calling thread (the reader, or librdkafka's callback on it) until the writer answered;
+    /// an empty answer once the writer is gone (shutdown).
+    pub(super) fn assigned(&self, partitions: Vec<TopicPartition>) -> Positions {
+        self.assignments.assign(&partitions);
+        let (reply, answer) = oneshot::channel();
+        if self
+            .work
+            .send(Work::Assigned { partitions, reply })
+            .is_err()
+        {
+            return Positions::new();
+        }
+        self.runtime.block_on(answer).unwrap_or_default()
+    }
+
+    /// Records `partitions` as revoked and waits until the writer settled every batch read
+    /// before, and told the sink.
+    pub(super) fn revoked(&self, partitions: Vec<TopicPartition>) {
+        self.assignments.revoke(&partitions);
+        let (reply, answer) = oneshot::channel();
+        if self.work.send(Work::Revoked { partitions, reply }).is_ok() {
+            let _ = self.runtime.block_on(answer);
+        }
+    }
+}
+
+impl<P: Send + Sync + 'static> ClientContext for RuntimeContext<P> {}
+
+impl<P: Send + Sync + 'static> ConsumerContext for RuntimeContext<P> {
+    // Runs before librdkafka applies the change: the only moment an assignment's start
+    // offsets can still be set, and the moment a revoked partition must stop being written.
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(partitions) => {
-                if let Ok(mut assigned) = self.assigned.lock() {
-                    for element in partitions.elements() {
-                        assigned.insert(
-                            (element.topic().to_owned(), element.partition()),
-                            Committed::NotRead,
-                        );
+            Rebalance::Assign(list) => {
+                let partitions = partitions_of(list);
+                let positions = self.assigned(partitions);
+                // Elements write through to the list librdkafka assigns next.
+                for mut element in list.elements() {
+                    let key = TopicPartition::new(element.topic(), element.partition());
+                    if let Some(next) = positions.get(&key) {
+                        if let Err(error) = element.set_offset(Offset::Offset(*next)) {
+                            tracing::warn!(consumer = %self.consumer, partition = %key, %error, "cannot start at the sink's position");
+                        }
                     }
                 }
                 tracing::info!(
-                    group = %self.group_id,
-                    partitions = %describe(partitions),
+                    consumer = %self.consumer,
+                    partitions = %describe(list),
+                    positions = ?positions,
                     "partitions assigned"
                 );
             }
-            Rebalance::Revoke(partitions) => {
-                if let Ok(mut assigned) = self.assigned.lock() {
-                    for element in partitions.elements() {
-                        assigned.remove(&(element.topic().to_owned(), element.partition()));
-                    }
-                }
-                // Another member reports these from now on; a stale figure here would be
-                // added to its own by anyone summing lag over the group.
-                for element in partitions.elements() {
-                    lag_gauge(element.topic(), element.partition()).set(0.0);
-                }
+            Rebalance::Revoke(list) => {
+                self.revoked(partitions_of(list));
                 tracing::info!(
-                    group = %self.group_id,
-                    partitions = %describe(partitions),
+                    consumer = %self.consumer,
+                    partitions = %describe(list),
                     "partitions revoked"
                 );
             }
             Rebalance::Error(error) => {
-                tracing::warn!(group = %self.group_id, %error, "rebalance failed");
+                tracing::warn!(consumer = %self.consumer, %error, "rebalance failed");
             }
         }
     }
 }
 
-fn lag_gauge(topic: &str, partition: i32) -> metrics::Gauge {
-    metrics::gauge!(
-        "ledgerline_consumer_lag_messages",
-        "topic" => topic.to_owned(),
-        "partition" => partition.to_string()
-    )
-}
-
-/// Reports `ledgerline_consumer_lag_messages{topic,partition}` for every assigned partition
-/// every [`LAG_INTERVAL`] until `stop`: its high watermark minus the group's committed offset
-/// (minus its low watermark when the group never committed it). The runtime commits only what
-/// the sink took, so this is how far the durable position trails the broker.
-///
-/// A task of its own rather than librdkafka's statistics callback: that callback runs only
-/// while the consumer is polled, and the reader stops polling while the sink is stuck, which
-/// is when lag matters most. librdkafka's own `consumer_lag` also knows only offsets this
-/// client committed, leaving out a partition that has not moved since it was assigned.
-pub(super) async fn report_lag(
-    consumer: Arc<StreamConsumer<RuntimeContext>>,
-    stop: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(LAG_INTERVAL);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let consumer = Arc::clone(&consumer);
-        // librdkafka's calls block until the broker answers; keep them off the async workers.
-        if let Err(error) = tokio::task::spawn_blocking(move || measure_lag(&consumer)).await {
-            tracing::warn!(%error, "lag measurement failed");
-        }
-    }
-}
-
-fn measure_lag(consumer: &StreamConsumer<RuntimeContext>) {
-    let context = consumer.context();
-    let mut unread = TopicPartitionList::new();
-    for ((topic, partition), known) in context.snapshot() {
-        if known == Committed::NotRead {
-            unread.add_partition(&topic, partition);
-        }
-    }
-    if unread.count() > 0 {
-        match consumer.committed_offsets(unread, LAG_REQUEST_TIMEOUT) {
-            Ok(offsets) => context.read(&offsets),
-            Err(error) => tracing::warn!(
-                group = %context.group_id,
-                %error,
-                "cannot read committed offsets for the lag report; trying again"
-            ),
-        }
-    }
-    for ((topic, partition), known) in context.snapshot() {
-        let Ok((low, high)) = consumer.fetch_watermarks(&topic, partition, LAG_REQUEST_TIMEOUT)
-        else {
-            continue;
-        };
-        let start = match known {
-            Committed::At(offset) => offset,
-            Committed::Never => low,
-            Committed::NotRead => continue,
-        };
-        lag_gauge(&topic, partition).set((high - start).max(0) as f64);
-    }
+pub(super) fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|element| TopicPartition::new(element.topic(), element.partition()))
+        .collect()
 }
 
 /// `topic/0,topic/1,…` for a log line.
-fn describe(partitions: &TopicPartitionList) -> String {
-    partitions
-        .elements()
+pub(super) fn describe(partitions: &TopicPartitionList) -> String {
+    partitions_of(partitions)
         .iter()
-        .map(|element| format!("{}/{}", element.topic(), element.partition()))
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_assignment_is_a_new_generation() {
+        let assignments = Assignments::default();
+        let p0 = TopicPartition::new("t", 0);
+        let p1 = TopicPartition::new("t", 1);
+        assignments.assign(&[p0.clone(), p1.clone()]);
+        let first = assignments.generation(&p0).unwrap();
+        assert_ne!(Some(first), assignments.generation(&p1));
+        assignments.revoke(std::slice::from_ref(&p0));
+        assert_eq!(assignments.generation(&p0), None);
+        assignments.assign(std::slice::from_ref(&p0));
+        let second = assignments.generation(&p0).unwrap();
+        assert!(second > first, "a reassignment fences the earlier batches");
+        let changes = assignments.changes();
+        assignments.revoke(std::slice::from_ref(&p1));
+        assert_eq!(assignments.changes(), changes + 1);
+        assert_eq!(assignments.assigned(), vec![p0]);
+    }
 }

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ledgerline_schemas::topics::DLQ_TOPIC;
 use ledgerline_service::kafka::KafkaConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
+
+use super::sink::Record;
 
 /// Header names, in the order they are written.
 pub const DLQ_HEADERS: [&str; 6] = [
@@ -32,18 +33,16 @@ impl std::fmt::Debug for DeadLetters {
 
 impl DeadLetters {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
-        let mut client = kafka.producer_config();
-        client.set("enable.idempotence", "true").set("acks", "all");
         Ok(Self {
-            producer: client.create()?,
+            producer: kafka.idempotent_producer_config(&[]).create()?,
         })
     }
 
     /// Produces the dead letter and waits for the broker's acknowledgement.
     pub async fn send(
         &self,
-        source: &BorrowedMessage<'_>,
-        reason: &str,
+        source: &Record,
+        reason: &'static str,
         error: &str,
     ) -> Result<(), KafkaError> {
         let now_us = SystemTime::now()
@@ -51,8 +50,8 @@ impl DeadLetters {
             .map(|elapsed| elapsed.as_micros())
             .unwrap_or(0)
             .to_string();
-        let (partition, offset) = (source.partition().to_string(), source.offset().to_string());
-        let values = [source.topic(), &partition, &offset, reason, error, &now_us];
+        let (partition, offset) = (source.partition.to_string(), source.offset.to_string());
+        let values = [&*source.topic, &partition, &offset, reason, error, &now_us];
         let headers =
             DLQ_HEADERS
                 .iter()
@@ -64,9 +63,9 @@ impl DeadLetters {
                     })
                 });
         let mut record = FutureRecord::to(DLQ_TOPIC)
-            .payload(source.payload().unwrap_or_default())
+            .payload(&source.value)
             .headers(headers);
-        if let Some(key) = source.key() {
+        if let Some(key) = &source.key {
             record = record.key(key);
         }
         self.producer
@@ -74,12 +73,11 @@ impl DeadLetters {
             .await
             .map(|_| ())
             .map_err(|(error, _)| error)?;
-        metrics::counter!("ledgerline_consumer_dlq_total", "reason" => reason.to_owned())
-            .increment(1);
+        metrics::counter!("ledgerline_consumer_dlq_total", "reason" => reason).increment(1);
         tracing::warn!(
-            topic = source.topic(),
-            partition = source.partition(),
-            offset = source.offset(),
+            topic = %source.topic,
+            partition = source.partition,
+            offset = source.offset,
             reason,
             error,
             "record dead-lettered"

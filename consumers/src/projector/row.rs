@@ -1,4 +1,4 @@
-//! Events as ClickHouse rows, and the two inserts the projector makes.
+//! Events as ClickHouse rows and back (the inserts that send them are in [`super::insert`]).
 //!
 //! Every field of every stored category has a column; [`EventRow::to_event`] turns a row back
 //! into the event it came from, and the unit tests check that round trip for every category,
@@ -8,9 +8,8 @@
 //! the category is stored as its lower-case name (`job`), the same as its topic suffix.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use clickhouse::{Row, RowOwned, RowWrite};
+use clickhouse::Row;
 use ledgerline_schemas::event::{
     Actor, AuditEvent, ConnectionEvent, ConnectionPhase, Envelope, ErrorInfo, JobEvent, JobStatus,
     Level, Outcome, SystemEvent, Target,
@@ -18,8 +17,7 @@ use ledgerline_schemas::event::{
 use ledgerline_schemas::{Category, Event};
 use serde::{Deserialize, Serialize};
 
-use super::error::{query_failed, ClickHouseError, Result};
-use super::schema::validate_identifier;
+use crate::clickhouse::{ClickHouseError, Result};
 
 /// One row of `events`. Fields are in the table's column order.
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
@@ -441,79 +439,6 @@ impl EventRow {
     }
 }
 
-/// Inserts one batch into `events`. The rows must share one category and one `ingested_at`,
-/// so the insert lands in exactly one partition as one part; a batch that breaks this is
-/// refused before anything is sent. Rows are sent in the order given, which the crash-safety
-/// argument of the module documentation relies on.
-pub async fn insert_events(
-    client: &clickhouse::Client,
-    database: &str,
-    rows: &[EventRow],
-) -> Result<()> {
-    let database = validate_identifier(database)?;
-    check_one_partition(rows)?;
-    insert(client, &format!("{database}.events"), rows).await
-}
-
-/// Inserts one batch into `job_status`. No partition rule: the table is not partitioned, and
-/// a replayed job row is harmless (reads take the latest per job).
-pub async fn insert_job_statuses(
-    client: &clickhouse::Client,
-    database: &str,
-    rows: &[JobStatusRow],
-) -> Result<()> {
-    let database = validate_identifier(database)?;
-    insert(client, &format!("{database}.job_status"), rows).await
-}
-
-fn check_one_partition(rows: &[EventRow]) -> Result<()> {
-    let Some(first) = rows.first() else {
-        return Ok(());
-    };
-    if let Some(other) = rows
-        .iter()
-        .find(|row| row.category != first.category || row.ingested_at != first.ingested_at)
-    {
-        return Err(ClickHouseError::MixedInsert {
-            reason: format!(
-                "({}, {}) and ({}, {})",
-                first.category, first.ingested_at, other.category, other.ingested_at
-            ),
-        });
-    }
-    Ok(())
-}
-
-async fn insert<T>(client: &clickhouse::Client, table: &str, rows: &[T]) -> Result<()>
-where
-    T: RowOwned + RowWrite,
-{
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let context = || format!("insert of {} rows into {table}", rows.len());
-    // `table` is `<validated database>.<constant>`; `insert` would quote it as one name.
-    // Bounded, so a server that accepts the connection and then stalls fails the insert (a
-    // transient failure, retried) instead of holding the batch, and shutdown, forever.
-    let mut insert = client
-        .insert_unescaped::<T>(table)
-        .await
-        .map_err(query_failed(context()))?
-        .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
-    for row in rows {
-        insert.write(row).await.map_err(query_failed(context()))?;
-    }
-    // A request cut before `end` may still store the rows sent so far (see the module docs).
-    insert.end().await.map_err(query_failed(context()))
-}
-
-/// Longest wait to hand one chunk of rows to the server.
-const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for the server to finish an insert once all rows are sent: parsing, sorting
-/// and writing the part take well under a second for a batch here, so this only catches a
-/// stalled server.
-const INSERT_END_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Days since 1970-01-01 of a UTC timestamp in microseconds, clamped to `Date`'s range.
 fn utc_day(occurred_at_us: i64) -> u16 {
     let days = occurred_at_us.div_euclid(86_400_000_000);
@@ -784,24 +709,6 @@ mod tests {
                 }
                 other => panic!("{column}: {other:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn one_insert_holds_one_partition() {
-        let row = |category, ingested_at| {
-            event_row(&samples::event(category, 1), "t", 0, 0, ingested_at).unwrap()
-        };
-        check_one_partition(&[]).unwrap();
-        check_one_partition(&[row(Category::Job, 5), row(Category::Job, 5)]).unwrap();
-        for mixed in [
-            [row(Category::Job, 5), row(Category::Audit, 5)],
-            [row(Category::Job, 5), row(Category::Job, 6)],
-        ] {
-            assert!(matches!(
-                check_one_partition(&mixed),
-                Err(ClickHouseError::MixedInsert { .. })
-            ));
         }
     }
 

@@ -1,5 +1,6 @@
-//! The read queries over `events` and `job_status`, written once here and reused by the query
-//! API, plus the two the projector itself needs (resume offsets, retention).
+//! The read library over `events` and `job_status`, written once here for the query API
+//! (and the tests). The projector's own queries (resume positions, retention) are in its sink
+//! and [`super::retention`].
 //!
 //! Reads are exact while the tables hold duplicates. A replayed batch or a producer retry
 //! writes an event twice; `ReplacingMergeTree` removes the copy only when a background merge
@@ -11,15 +12,12 @@
 //! and escapes them; the database name, which cannot be a parameter, is checked by
 //! [`validate_identifier`] first.
 
-use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use clickhouse::query::Query;
 use ledgerline_schemas::Category;
 
-use super::error::{query_failed, Result};
 use super::row::{EventRow, JobStatusRow};
-use super::schema::validate_identifier;
+use crate::clickhouse::error::query_failed;
+use crate::clickhouse::{validate_identifier, Result};
 
 /// Which events a search or count covers. Every set field must match (AND); the default
 /// matches every event.
@@ -234,129 +232,6 @@ fn list_jobs_query(
     Ok(query.bind(limit))
 }
 
-/// The greatest offset stored in `events` for each Kafka partition of `topic`. The projector
-/// resumes each partition after it, so a crash between an insert and the offset commit does
-/// not replay what is already stored. Scans the topic's `topic`, `partition` and `offset`
-/// columns: a start-up query, not one to run per batch.
-pub async fn resume_offsets(
-    client: &clickhouse::Client,
-    database: &str,
-    topic: &str,
-) -> Result<BTreeMap<i32, i64>> {
-    let database = validate_identifier(database)?;
-    let rows: Vec<(i32, i64)> = client
-        .query(&format!(
-            "SELECT `partition`, max(`offset`) FROM {database}.events \
-             WHERE topic = ? GROUP BY `partition`"
-        ))
-        .bind(topic)
-        .fetch_all()
-        .await
-        .map_err(query_failed(format!(
-            "resume offsets from {database}.events"
-        )))?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Drops the partitions of `events` holding `category` rows ingested more than `keep_days`
-/// days before `today` (UTC days: today and the `keep_days` days before it are kept) and
-/// returns them as ClickHouse prints them (`('job',20261013)`). Partitions are found in
-/// `system.parts`; one whose text does not parse is left alone and logged, since retention
-/// must err towards keeping data.
-pub async fn drop_expired_partitions(
-    client: &clickhouse::Client,
-    database: &str,
-    category: Category,
-    keep_days: u32,
-    today: SystemTime,
-) -> Result<Vec<String>> {
-    let database = validate_identifier(database)?;
-    let today_days = today
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs() / 86_400);
-    let cutoff = yyyymmdd(today_days.saturating_sub(u64::from(keep_days)));
-
-    let partitions: Vec<String> = client
-        .query(
-            "SELECT DISTINCT partition FROM system.parts \
-             WHERE database = ? AND table = 'events' AND active ORDER BY partition",
-        )
-        .bind(database)
-        .fetch_all()
-        .await
-        .map_err(query_failed(format!("partition list of {database}.events")))?;
-
-    let mut dropped = Vec::new();
-    for partition in partitions {
-        let Some((partition_category, day)) = parse_partition(&partition) else {
-            tracing::warn!(%database, %partition, "unrecognised events partition left in place");
-            continue;
-        };
-        if partition_category != category.as_str() || day >= cutoff {
-            continue;
-        }
-        client
-            .query(&format!(
-                "ALTER TABLE {database}.events DROP PARTITION (?, ?)"
-            ))
-            .bind(partition_category)
-            .bind(day)
-            .execute()
-            .await
-            .map_err(query_failed(format!(
-                "drop of partition {partition} of {database}.events"
-            )))?;
-        tracing::info!(
-            %database,
-            %category,
-            %partition,
-            days = today_days.saturating_sub(days_since_epoch(day)),
-            keep_days,
-            "dropped expired events partition"
-        );
-        dropped.push(partition);
-    }
-    Ok(dropped)
-}
-
-/// `('job',20261013)` (how 18.16 and current ClickHouse print a `(String, UInt32)` partition
-/// key) into its category and day.
-fn parse_partition(text: &str) -> Option<(&str, u32)> {
-    let inner = text.strip_prefix("('")?.strip_suffix(')')?;
-    let (category, day) = inner.split_once("',")?;
-    Some((category, day.trim().parse().ok()?))
-}
-
-/// `YYYYMMDD` of a day counted from 1970-01-01 (proleptic Gregorian, Howard Hinnant's
-/// `civil_from_days`), so retention needs no date library.
-fn yyyymmdd(days: u64) -> u32 {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    u32::try_from(year * 10_000 + month * 100 + day).unwrap_or(u32::MAX)
-}
-
-/// The inverse of [`yyyymmdd`] (`days_from_civil`); 0 for days before 1970.
-fn days_since_epoch(yyyymmdd: u32) -> u64 {
-    let (year, month, day) = (
-        u64::from(yyyymmdd / 10_000),
-        u64::from(yyyymmdd / 100 % 100),
-        u64::from(yyyymmdd % 100),
-    );
-    let year = year - u64::from(month <= 2);
-    let era = year / 400;
-    let yoe = year - era * 400;
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).saturating_sub(719_468)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,40 +300,5 @@ mod tests {
         assert!(count_events_query(&client(), "db; DROP TABLE x", &filter).is_err());
         assert!(search_events_query(&client(), "db.events", &filter, 1).is_err());
         assert!(list_jobs_query(&client(), "", None, 1).is_err());
-    }
-
-    #[test]
-    fn partitions_parse_as_clickhouse_prints_them() {
-        assert_eq!(
-            parse_partition("('job',20261013)"),
-            Some(("job", 20_261_013))
-        );
-        assert_eq!(
-            parse_partition("('connection', 20250101)"),
-            Some(("connection", 20_250_101))
-        );
-        for bad in [
-            "20261013",
-            "('job')",
-            "(job,20261013)",
-            "('job',2026-10-13)",
-            "",
-        ] {
-            assert_eq!(parse_partition(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn civil_dates_round_trip() {
-        assert_eq!(yyyymmdd(0), 19_700_101);
-        // 2026-11-22, the samples' day.
-        assert_eq!(yyyymmdd(20_779), 20_261_122);
-        assert_eq!(yyyymmdd(20_779 - 40), 20_261_013);
-        // Leap days.
-        assert_eq!(yyyymmdd(11_016), 20_000_229);
-        assert_eq!(yyyymmdd(19_417), 20_230_301);
-        for days in (0..80_000).step_by(7) {
-            assert_eq!(days_since_epoch(yyyymmdd(days)), days, "{days}");
-        }
     }
 }

@@ -1,0 +1,130 @@
+//! The projector's ClickHouse schema: `events`, `job_status`, and the versioned migrations
+//! that create them ([`MIGRATIONS`], applied by [`crate::clickhouse::migrate`] at start-up).
+
+use crate::clickhouse::Migration;
+
+/// Every migration, oldest first. Versions are unique and increasing.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "events and job_status",
+    statements: &[EVENTS_V1, JOB_STATUS_V1],
+}];
+
+/// Every stored event, one wide table for all categories: the envelope, then each category's
+/// columns (Nullable, or empty arrays, where a category has no such field), then where the
+/// row came from in Kafka.
+///
+/// - `PARTITION BY (category, toYYYYMMDD(ingested_at))`: retention is dropping whole
+///   partitions per category and day of ingestion. The projector gives all rows of one insert
+///   the same category and `ingested_at`, so each insert lands in exactly one partition and
+///   is written as one part.
+/// - `ingested_at DateTime('UTC')`: partition days are UTC days whatever the server's time zone.
+/// - `ReplacingMergeTree(ingested_at)` ordered by a key ending in `event_id`: background merges
+///   collapse copies of one event written twice into the same partition (a replay, or a
+///   producer retry stored at two offsets). Merges are eventual and never cross partitions,
+///   so reads collapse by `event_id` as well (see `queries`).
+/// - `occurred_at_us` is microseconds since the epoch, since 18.16 has no `DateTime64`;
+///   `occurred_date` is its UTC day, for people filtering by hand.
+const EVENTS_V1: &str = "CREATE TABLE IF NOT EXISTS {database}.events
+(
+    event_id String,
+    occurred_at_us Int64,
+    occurred_date Date,
+    category String,
+    name String,
+    level String,
+    service String,
+    service_version String,
+    host String,
+    message String,
+    trace_id Nullable(String),
+    span_id Nullable(String),
+    request_id Nullable(String),
+    attr_keys Array(String),
+    attr_values Array(String),
+    actor_id Nullable(String),
+    actor_kind Nullable(String),
+    actor_ip Nullable(String),
+    actor_user_agent Nullable(String),
+    action Nullable(String),
+    target_kind Nullable(String),
+    target_id Nullable(String),
+    outcome Nullable(String),
+    reason Nullable(String),
+    details Nullable(String),
+    job_id Nullable(String),
+    job_type Nullable(String),
+    job_name Nullable(String),
+    job_status Nullable(String),
+    progress Nullable(Int32),
+    parent_job_id Nullable(String),
+    device_id Nullable(String),
+    device_name Nullable(String),
+    phase Nullable(String),
+    duration_ms Nullable(Int64),
+    error Nullable(String),
+    module Nullable(String),
+    file Nullable(String),
+    line Nullable(Int32),
+    field_keys Array(String),
+    field_values Array(String),
+    error_chain Array(String),
+    topic String,
+    `partition` Int32,
+    `offset` Int64,
+    ingested_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree(ingested_at)
+PARTITION BY (category, toYYYYMMDD(ingested_at))
+ORDER BY (category, service, occurred_at_us, event_id)";
+
+/// The latest status of each job, fed by the projector with one row per job event. Merges
+/// keep the row with the greatest `occurred_at_us` per `job_id` (18.16 accepts the signed
+/// `Int64` as a version column); reads pick the latest row themselves, so they are exact
+/// before merges too. Small (a row per job once merged), so not partitioned and never
+/// expired by retention.
+const JOB_STATUS_V1: &str = "CREATE TABLE IF NOT EXISTS {database}.job_status
+(
+    job_id String,
+    job_type String,
+    job_name String,
+    status String,
+    progress Int32,
+    details String,
+    service String,
+    event_id String,
+    occurred_at_us Int64,
+    topic String,
+    `partition` Int32,
+    `offset` Int64,
+    updated_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree(occurred_at_us)
+ORDER BY job_id";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_unique_and_increasing() {
+        let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert!(
+            versions.windows(2).all(|pair| pair[0] < pair[1]),
+            "{versions:?}"
+        );
+        assert_eq!(versions.first(), Some(&1));
+    }
+
+    #[test]
+    fn every_statement_is_idempotent_and_names_the_database() {
+        for migration in MIGRATIONS {
+            for statement in migration.statements {
+                assert!(
+                    statement.starts_with("CREATE TABLE IF NOT EXISTS {database}."),
+                    "{statement}"
+                );
+            }
+        }
+    }
+}

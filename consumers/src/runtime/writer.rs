@@ -1,0 +1,284 @@
+//! The writer task: the only caller of the sink. It takes the reader's batches and the
+//! rebalance callbacks' requests from one queue, in the order they happened, writes each batch
+//! (with retries), and commits it in group mode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use super::context::{Assignments, RuntimeContext};
+use super::sink::{PartitionBatch, Positions, Sink, SinkError, TopicPartition};
+
+/// What the writer does next, in the order the reader and the callbacks asked for it.
+pub(super) enum Work<P> {
+    Batch(ReadBatch<P>),
+    /// Partitions were assigned: ask the sink for its positions.
+    Assigned {
+        partitions: Vec<TopicPartition>,
+        reply: oneshot::Sender<Positions>,
+    },
+    /// Partitions were revoked: every earlier batch is settled by now; tell the sink.
+    Revoked {
+        partitions: Vec<TopicPartition>,
+        reply: oneshot::Sender<()>,
+    },
+    /// The reader stopped; nothing follows.
+    Stop,
+}
+
+/// Records read and prepared, with the offsets to commit once they are written.
+pub(super) struct ReadBatch<P> {
+    pub(super) units: Vec<PartitionBatch<P>>,
+    /// Next offset per partition (kept and dead-lettered records alike), with the generation
+    /// it was read under.
+    pub(super) commits: Vec<(TopicPartition, u64, i64)>,
+    /// Held until the writer takes the batch: the reader starts the next batch only then, so
+    /// at most two batches are in memory (one written, one read).
+    pub(super) _permit: OwnedSemaphorePermit,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub(super) fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(BACKOFF_MAX)
+}
+
+/// Sleeps `backoff` (then doubles it) unless shutdown comes first; false on shutdown.
+pub(super) async fn wait_to_retry(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(*backoff) => {
+            *backoff = next_backoff(*backoff);
+            true
+        }
+    }
+}
+
+pub(super) fn first_backoff() -> Duration {
+    BACKOFF_START
+}
+
+pub(super) struct Writer<S: Sink> {
+    pub(super) sink: S,
+    pub(super) consumer: Arc<BaseConsumer<RuntimeContext<S::Prepared>>>,
+    pub(super) assignments: Arc<Assignments>,
+    pub(super) consumer_name: String,
+    /// Group mode: commit each batch's offsets.
+    pub(super) commits: bool,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl<S: Sink> Writer<S> {
+    /// Runs until the reader stops, or until shutdown while a batch cannot be written (it stays
+    /// uncommitted and is replayed by the next run).
+    pub(super) async fn run(
+        mut self,
+        mut work: tokio::sync::mpsc::UnboundedReceiver<Work<S::Prepared>>,
+    ) {
+        while let Some(next) = work.recv().await {
+            match next {
+                Work::Batch(batch) => {
+                    if !self.write(batch).await {
+                        return;
+                    }
+                }
+                Work::Assigned { partitions, reply } => {
+                    let _ = reply.send(self.positions(&partitions).await);
+                }
+                Work::Revoked { partitions, reply } => {
+                    self.sink.on_revoke(&partitions).await;
+                    let _ = reply.send(());
+                }
+                Work::Stop => return,
+            }
+        }
+    }
+
+    /// The sink's positions for newly assigned partitions, retried while the sink fails;
+    /// none at shutdown (the consumer is stopping and reads nothing more).
+    async fn positions(&mut self, partitions: &[TopicPartition]) -> Positions {
+        let mut backoff = first_backoff();
+        loop {
+            match self.sink.on_assign(partitions).await {
+                Ok(positions) => return positions,
+                Err(error) => {
+                    self.report(&error, "positions");
+                    if !wait_to_retry(&mut backoff, &self.shutdown).await {
+                        return Positions::new();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes and commits one batch; false when shutdown came while it could not be written.
+    async fn write(&mut self, batch: ReadBatch<S::Prepared>) -> bool {
+        let ReadBatch {
+            mut units,
+            commits,
+            _permit,
+        } = batch;
+        drop(_permit);
+        let mut backoff = first_backoff();
+        loop {
+            if S::FENCED {
+                fence(&self.assignments, &mut units, &self.consumer_name);
+            }
+            if units.is_empty() {
+                break;
+            }
+            match self.sink.write(&units).await {
+                Ok(()) => break,
+                Err(error) => {
+                    self.report(&error, "batch");
+                    if !wait_to_retry(&mut backoff, &self.shutdown).await {
+                        let events: usize = units.iter().map(|unit| unit.events).sum();
+                        tracing::warn!(consumer = %self.consumer_name, events, "shutting down with an unwritten batch; it will be replayed");
+                        return false;
+                    }
+                }
+            }
+        }
+        let events: usize = units.iter().map(|unit| unit.events).sum();
+        metrics::counter!("ledgerline_consumer_events_total", "consumer" => self.consumer_name.clone(), "outcome" => "written")
+            .increment(events as u64);
+        if self.commits {
+            commit(
+                &self.consumer,
+                &self.assignments,
+                &self.consumer_name,
+                commits,
+            )
+            .await;
+        }
+        true
+    }
+
+    fn report(&self, error: &SinkError, what: &'static str) {
+        metrics::counter!("ledgerline_consumer_sink_errors_total", "consumer" => self.consumer_name.clone(), "kind" => error.kind)
+            .increment(1);
+        if error.transient {
+            tracing::warn!(consumer = %self.consumer_name, %error, kind = error.kind, what, "sink unavailable; retrying");
+        } else {
+            tracing::error!(consumer = %self.consumer_name, %error, kind = error.kind, what, "sink refused; retrying until the cause is fixed");
+        }
+    }
+}
+
+/// Commits the batch's offsets of partitions still assigned under the generation they
+/// were read in. A revoked partition's offset is not committed by this member any more:
+/// its new owner's commits are the truth, and an older one from here would rewind them.
+async fn commit<P: Send + Sync + 'static>(
+    consumer: &Arc<BaseConsumer<RuntimeContext<P>>>,
+    assignments: &Assignments,
+    consumer_name: &str,
+    commits: Vec<(TopicPartition, u64, i64)>,
+) {
+    let mut offsets = TopicPartitionList::new();
+    for (partition, generation, next) in &commits {
+        if assignments.generation(partition) != Some(*generation) {
+            continue;
+        }
+        if let Err(error) = offsets.add_partition_offset(
+            &partition.topic,
+            partition.partition,
+            Offset::Offset(*next),
+        ) {
+            tracing::warn!(consumer = %consumer_name, %partition, %error, "cannot record offset");
+        }
+    }
+    if offsets.count() == 0 {
+        return;
+    }
+    // A synchronous commit waits for the broker: off the async workers, so a slow group
+    // coordinator does not hold up the reader or the inserts.
+    let committing = Arc::clone(consumer);
+    let committed =
+        tokio::task::spawn_blocking(move || committing.commit(&offsets, CommitMode::Sync)).await;
+    match committed {
+        Ok(Ok(())) => {}
+        // Usually a rebalance moved the partitions; their new owner replays them.
+        Ok(Err(error)) => {
+            tracing::warn!(consumer = %consumer_name, %error, "offset commit failed; records will be replayed");
+        }
+        Err(error) => {
+            tracing::warn!(consumer = %consumer_name, %error, "offset commit task failed; records will be replayed");
+        }
+    }
+}
+
+/// Drops the units of partitions no longer assigned under the generation they were read in:
+/// another member owns them now, or this one reads them again from its new position.
+fn fence<P>(assignments: &Assignments, units: &mut Vec<PartitionBatch<P>>, consumer_name: &str) {
+    units.retain(|unit| {
+        let current = assignments.generation(&unit.partition) == Some(unit.generation);
+        if !current {
+            tracing::info!(
+                consumer = %consumer_name,
+                partition = %unit.partition,
+                events = unit.events,
+                "dropping a revoked partition's unwritten records; its owner reads them again"
+            );
+            metrics::counter!("ledgerline_consumer_fenced_total", "consumer" => consumer_name.to_owned())
+                .increment(unit.events as u64);
+        }
+        current
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(assignments: &Assignments, partition: i32) -> PartitionBatch<()> {
+        let partition = TopicPartition::new("t", partition);
+        PartitionBatch {
+            generation: assignments.generation(&partition).unwrap_or(0),
+            partition,
+            events: 1,
+            prepared: (),
+        }
+    }
+
+    #[test]
+    fn fencing_keeps_only_partitions_still_assigned_under_the_same_generation() {
+        let assignments = Assignments::default();
+        let (p0, p1, p2) = (
+            TopicPartition::new("t", 0),
+            TopicPartition::new("t", 1),
+            TopicPartition::new("t", 2),
+        );
+        assignments.assign(&[p0.clone(), p1.clone(), p2.clone()]);
+        let mut units = vec![
+            unit(&assignments, 0),
+            unit(&assignments, 1),
+            unit(&assignments, 2),
+        ];
+        // p1 moved to another member; p2 went away and came back (read again from its new
+        // position, so the batch read before is stale too).
+        assignments.revoke(&[p1.clone(), p2.clone()]);
+        assignments.assign(std::slice::from_ref(&p2));
+        fence(&assignments, &mut units, "test");
+        let kept: Vec<&TopicPartition> = units.iter().map(|unit| &unit.partition).collect();
+        assert_eq!(kept, [&p0]);
+        // A unit read under the new assignment is kept.
+        let mut fresh = vec![unit(&assignments, 2)];
+        fence(&assignments, &mut fresh, "test");
+        assert_eq!(fresh.len(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut backoff = first_backoff();
+        for _ in 0..20 {
+            backoff = next_backoff(backoff);
+        }
+        assert_eq!(backoff, BACKOFF_MAX);
+        assert_eq!(next_backoff(first_backoff()), Duration::from_millis(200));
+    }
+}

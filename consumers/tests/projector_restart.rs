@@ -1,0 +1,165 @@
+//! A group consumer killed with SIGKILL and restarted at once, as an operator or
+//! `deploy/local/up` would, consumes again by itself, without anyone waiting out the dead
+//! member's session timeout; and while it cannot consume, its `/health` says so.
+//!
+//! On Tansu 0.6.0 a member that joins while the killed one is still in the group can be left
+//! with no partitions for good (see `runtime::status`). Two ways out are tested:
+//! - static membership (`group_instance_id`, what the local stack configures): the restarted
+//!   process takes the dead member's place;
+//! - without it, the runtime's watchdog sees the group's partitions wait with nobody consuming
+//!   them, reports it on `/health`, and rejoins.
+//!
+//! SQLite engine: the restarted member resumes inside producer batches (see
+//! `projector_crash.rs`).
+
+// Test helpers may panic: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use ledgerline_consumers::clickhouse::ClickHouseConfig;
+use ledgerline_consumers::projector::EventFilter;
+use ledgerline_producer::event::Level;
+use ledgerline_producer::{Ledger, ProducerConfig};
+use ledgerline_tests::process::ManagedChild;
+use ledgerline_tests::{names, Broker, BrokerStorage, Harness, RegistryServer};
+
+mod support;
+use support::{count, free_listen_address, projector_command};
+
+async fn publish(ledger: &Ledger, from: u64, to: u64) {
+    for n in from..to {
+        ledger
+            .system(
+                "restart.tick",
+                Level::Info,
+                "restart::test",
+                &format!("tick {n}"),
+            )
+            .publish()
+            .await
+            .unwrap();
+    }
+    ledger.flush(Duration::from_secs(60)).await.unwrap();
+}
+
+/// The `consumer` check of the projector's `/health`: `Err` with its message while failing.
+async fn consumer_health(listen: &str) -> Option<Result<(), String>> {
+    let report: serde_json::Value = reqwest::get(format!("http://{listen}/health"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let check = &report["components"]["consumer"];
+    Some(match check["status"].as_str() {
+        Some("ok") => Ok(()),
+        _ => Err(check["error"].as_str().unwrap_or_default().to_owned()),
+    })
+}
+
+/// Kills a running projector, restarts it at once, and returns how long the new process took
+/// to store events published after the restart, with every `/health` failure it showed
+/// meanwhile.
+async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
+    let harness = Harness::shared().unwrap();
+    let broker = Broker::start(BrokerStorage::Sqlite).unwrap();
+    let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
+    let clickhouse = ClickHouseConfig {
+        url: harness.clickhouse.url(),
+        user: "default".to_owned(),
+        database: names::database(),
+        ..ClickHouseConfig::default()
+    };
+    let ledger = Ledger::builder("restart-test")
+        .config(ProducerConfig {
+            service_name: "restart-test".to_owned(),
+            linger_ms: 1,
+            ..ProducerConfig::default()
+        })
+        .brokers(broker.bootstrap())
+        .registry_url(registry.url())
+        .build()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("projector.log");
+    let group = names::group();
+    let everything = EventFilter::default();
+    let start = |listen: &str| {
+        let mut command = projector_command(
+            &broker,
+            &registry,
+            &clickhouse,
+            &group,
+            instance,
+            dir.path(),
+        );
+        command.env("LEDGERLINE_PROJECTOR__LISTEN", listen);
+        ManagedChild::spawn("projector", command, &log).unwrap()
+    };
+
+    let mut first = start(&free_listen_address());
+    publish(&ledger, 0, 100).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&clickhouse, &everything).await < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the first run stored nothing: {}",
+            ledgerline_tests::process::tail(&log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill();
+    let listen = free_listen_address();
+    let mut second = start(&listen);
+    let restarted = Instant::now();
+    publish(&ledger, 100, 200).await;
+
+    let mut failures = Vec::new();
+    let deadline = restarted + Duration::from_secs(90);
+    while count(&clickhouse, &everything).await < 200 {
+        if let Some(Err(failure)) = consumer_health(&listen).await {
+            if failures.last() != Some(&failure) {
+                failures.push(failure);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted projector did not consume in 90 s; /health said {failures:?}: {}",
+            ledgerline_tests::process::tail(&log, 40)
+        );
+        assert!(
+            second.is_running(),
+            "{}",
+            ledgerline_tests::process::tail(&log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = restarted.elapsed();
+    eprintln!("consuming again {took:?} after the restart; /health said {failures:?}");
+    assert_eq!(count(&clickhouse, &everything).await, 200);
+    second.terminate(Duration::from_secs(20));
+    (took, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_killed_and_restarted_at_once_consumes_within_30_seconds() {
+    let (took, _) = kill_and_restart(Some("restart-test-projector")).await;
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_member_killed_and_restarted_at_once_recovers_and_says_so_meanwhile() {
+    let (took, failures) = kill_and_restart(None).await;
+    // The watchdog reports a stall after 10 s without progress, measured every 5 s: a
+    // restarted member that could not consume for longer must have said so.
+    if took > Duration::from_secs(16) {
+        assert!(
+            failures
+                .iter()
+                .any(|failure| failure.starts_with("degraded") && failure.contains("records wait")),
+            "/health never said why nothing was consumed: {failures:?}"
+        );
+    }
+}

@@ -1,0 +1,520 @@
+//! The consumer runtime against a real broker (Tansu), with sinks that record what the runtime
+//! asked of them: broadcast readers in two instances, a fenced sink under a two-member
+//! rebalance, and the sink's own positions honoured after a restart.
+//!
+//! Tests that resume inside a producer's record batch (sink positions, rebalances) run on
+//! Tansu's SQLite engine: its memory engine answers a fetch that starts inside a batch with
+//! the batches after it (`tansu_engines_and_mid_batch_fetches` pins that).
+
+// Test helpers may panic: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ledgerline_consumers::runtime::{
+    self, ConsumerSettings, PartitionBatch, Positions, Record, RuntimeConfig, Sink, SinkError,
+    StartAt, TopicPartition,
+};
+use ledgerline_producer::event::Level;
+use ledgerline_producer::{Ledger, ProducerConfig};
+use ledgerline_schemas::{Category, EventCodec};
+use ledgerline_service::kafka::KafkaConfig;
+use ledgerline_service::schema_registry::SchemaRegistryConfig;
+use ledgerline_tests::{names, Broker, BrokerStorage, RegistryServer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio_util::sync::CancellationToken;
+
+const TOPIC: &str = "ledgerline.system";
+
+struct Stack {
+    broker: Broker,
+    registry: RegistryServer,
+}
+
+impl Stack {
+    fn start(storage: BrokerStorage) -> Self {
+        let broker = Broker::start(storage).unwrap();
+        let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
+        Self { broker, registry }
+    }
+
+    fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.broker.bootstrap(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    fn codec(&self) -> Arc<EventCodec> {
+        Arc::new(
+            EventCodec::new(&SchemaRegistryConfig {
+                url: self.registry.url(),
+                ..SchemaRegistryConfig::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    async fn ledger(&self) -> Ledger {
+        Ledger::builder("runtime-test")
+            .config(ProducerConfig {
+                service_name: "runtime-test".to_owned(),
+                linger_ms: 1,
+                ..ProducerConfig::default()
+            })
+            .brokers(self.broker.bootstrap())
+            .registry_url(self.registry.url())
+            .build()
+            .await
+            .unwrap()
+    }
+
+    /// Starts a runtime consumer in this process; returns its stop token and task.
+    fn run<S: Sink>(
+        &self,
+        config: RuntimeConfig,
+        sink: S,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let (kafka, codec, stop) = (self.kafka(), self.codec(), CancellationToken::new());
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            runtime::run(config, &kafka, codec, sink, token)
+                .await
+                .unwrap();
+        });
+        (stop, task)
+    }
+
+    /// High watermark per partition of the system topic.
+    fn high_watermarks(&self) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = self.broker.client_config().create().unwrap();
+        (0..3)
+            .map(|partition| {
+                let (_, high) = consumer
+                    .fetch_watermarks(TOPIC, partition, Duration::from_secs(5))
+                    .unwrap();
+                (partition, high)
+            })
+            .collect()
+    }
+}
+
+async fn publish(ledger: &Ledger, from: u64, to: u64) {
+    for n in from..to {
+        ledger
+            .system(
+                "runtime.tick",
+                Level::Info,
+                "runtime::test",
+                &format!("tick {n}"),
+            )
+            .publish()
+            .await
+            .unwrap();
+    }
+    ledger.flush(Duration::from_secs(60)).await.unwrap();
+}
+
+fn settings(batch_max_events: usize) -> ConsumerSettings {
+    ConsumerSettings {
+        group_id: Some(names::group()),
+        batch_max_events,
+        batch_max_wait_ms: 50,
+        ..ConsumerSettings::default()
+    }
+}
+
+/// Waits until `done` holds, failing with `what` after `seconds`.
+async fn wait_for(seconds: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {seconds} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Keeps every record it is given: (partition, offset, message).
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<(i32, i64, String)>>>);
+
+impl Collect {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut messages: Vec<String> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, _, message)| message.clone())
+            .collect();
+        messages.sort();
+        messages
+    }
+
+    fn offsets(&self, partition: i32) -> Vec<i64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| *p == partition)
+            .map(|(_, offset, _)| *offset)
+            .collect()
+    }
+}
+
+type Prepared = Vec<(i32, i64, String)>;
+
+fn keep(partition: &TopicPartition, records: Vec<Record>) -> Prepared {
+    records
+        .into_iter()
+        .map(|record| {
+            let message = record.event.unwrap().envelope().message.clone();
+            (partition.partition, record.offset, message)
+        })
+        .collect()
+}
+
+impl Sink for Collect {
+    type Prepared = Prepared;
+    type Preparer = fn(&TopicPartition, Vec<Record>) -> Prepared;
+
+    fn preparer(&self) -> Self::Preparer {
+        keep
+    }
+
+    async fn write(&mut self, batch: &[PartitionBatch<Prepared>]) -> Result<(), SinkError> {
+        let mut kept = self.0.lock().unwrap();
+        for unit in batch {
+            kept.extend(unit.prepared.iter().cloned());
+        }
+        Ok(())
+    }
+}
+
+fn ticks(range: std::ops::Range<u64>) -> Vec<String> {
+    let mut ticks: Vec<String> = range.map(|n| format!("tick {n}")).collect();
+    ticks.sort();
+    ticks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_readers_each_see_every_record_from_their_start() {
+    let stack = Stack::start(BrokerStorage::Memory);
+    let ledger = stack.ledger().await;
+    publish(&ledger, 0, 100).await;
+
+    let (latest, earliest, also_earliest) =
+        (Collect::default(), Collect::default(), Collect::default());
+    let broadcast =
+        |start| RuntimeConfig::broadcast("fanout", vec![TOPIC.to_owned()], start, &settings(50));
+    let (stop_latest, latest_task) = stack.run(broadcast(StartAt::Latest), latest.clone());
+    let (stop_a, task_a) = stack.run(broadcast(StartAt::Earliest), earliest.clone());
+    let (stop_b, task_b) = stack.run(broadcast(StartAt::Earliest), also_earliest.clone());
+    // Both earliest readers have the history, so every partition is assigned everywhere.
+    wait_for(30, "earliest readers read the history", || {
+        earliest.len() >= 100 && also_earliest.len() >= 100
+    })
+    .await;
+    // The latest reader started at the end, which a record published now lands after; give
+    // it a moment past its assignment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publish(&ledger, 100, 200).await;
+    wait_for(30, "every reader read the new records", || {
+        latest.len() >= 100 && earliest.len() >= 200 && also_earliest.len() >= 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(earliest.messages(), ticks(0..200));
+    assert_eq!(also_earliest.messages(), ticks(0..200));
+    assert_eq!(
+        latest.messages(),
+        ticks(100..200),
+        "latest starts at the end"
+    );
+    for (stop, task) in [
+        (stop_latest, latest_task),
+        (stop_a, task_a),
+        (stop_b, task_b),
+    ] {
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A store of per-partition hash-chain heads, as the audit archive keeps: each write must
+/// continue its partition exactly where the chain ends. A write that starts elsewhere (a gap,
+/// or records written twice) or that another write overtook while it ran (two members writing
+/// one partition at once) is a violation.
+#[derive(Default)]
+struct Chain {
+    next: HashMap<TopicPartition, i64>,
+    violations: Vec<String>,
+    writes_by: HashMap<&'static str, usize>,
+}
+
+struct ChainSink {
+    member: &'static str,
+    chain: Arc<Mutex<Chain>>,
+    /// How long a write takes: long enough for a rebalance to land while batches queue.
+    delay: Duration,
+}
+
+fn offsets_of(_: &TopicPartition, records: Vec<Record>) -> Vec<i64> {
+    records.iter().map(|record| record.offset).collect()
+}
+
+impl Sink for ChainSink {
+    type Prepared = Vec<i64>;
+    type Preparer = fn(&TopicPartition, Vec<Record>) -> Vec<i64>;
+    const FENCED: bool = true;
+
+    fn preparer(&self) -> Self::Preparer {
+        offsets_of
+    }
+
+    async fn on_assign(&mut self, partitions: &[TopicPartition]) -> Result<Positions, SinkError> {
+        let chain = self.chain.lock().unwrap();
+        Ok(partitions
+            .iter()
+            .filter_map(|partition| {
+                chain
+                    .next
+                    .get(partition)
+                    .map(|next| (partition.clone(), *next))
+            })
+            .collect())
+    }
+
+    async fn write(&mut self, batch: &[PartitionBatch<Vec<i64>>]) -> Result<(), SinkError> {
+        let heads: Vec<Option<i64>> = {
+            let chain = self.chain.lock().unwrap();
+            batch
+                .iter()
+                .map(|unit| chain.next.get(&unit.partition).copied())
+                .collect()
+        };
+        tokio::time::sleep(self.delay).await;
+        let mut chain = self.chain.lock().unwrap();
+        *chain.writes_by.entry(self.member).or_default() += 1;
+        for (unit, head) in batch.iter().zip(heads) {
+            let now = chain.next.get(&unit.partition).copied();
+            if now != head {
+                chain.violations.push(format!(
+                    "{}: {} wrote while another write moved the head from {head:?} to {now:?}",
+                    unit.partition, self.member
+                ));
+            }
+            let expected = now.unwrap_or(0);
+            let contiguous = unit.prepared.windows(2).all(|pair| pair[1] == pair[0] + 1);
+            if unit.prepared.first() != Some(&expected) || !contiguous {
+                chain.violations.push(format!(
+                    "{}: {} wrote {:?}..{:?} where the chain continues at {expected}",
+                    unit.partition,
+                    self.member,
+                    unit.prepared.first(),
+                    unit.prepared.last()
+                ));
+            }
+            if let Some(last) = unit.prepared.last() {
+                chain.next.insert(unit.partition.clone(), last + 1);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_sink_never_writes_a_revoked_partitions_records_under_a_rebalance() {
+    let stack = Stack::start(BrokerStorage::Sqlite);
+    let ledger = stack.ledger().await;
+    let chain = Arc::new(Mutex::new(Chain::default()));
+    let group = settings(40);
+    let config = || RuntimeConfig::group("archiver", vec![TOPIC.to_owned()], &group, "unused");
+    let member = |name| ChainSink {
+        member: name,
+        chain: Arc::clone(&chain),
+        delay: Duration::from_millis(150),
+    };
+
+    // A steady load for the whole test, so batches are queued whenever the group rebalances.
+    let load = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            for step in 0..60 {
+                publish(&ledger, step * 50, (step + 1) * 50).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let (stop_a, task_a) = stack.run(config(), member("a"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A second member joins: the group takes partitions from the first and gives them to it.
+    let (stop_b, task_b) = stack.run(config(), member("b"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // It leaves again: everything goes back to the first.
+    stop_b.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task_b)
+        .await
+        .unwrap()
+        .unwrap();
+    load.await.unwrap();
+
+    let high = stack.high_watermarks();
+    let caught_up = || {
+        let chain = chain.lock().unwrap();
+        high.iter().all(|(partition, high)| {
+            chain.next.get(&TopicPartition::new(TOPIC, *partition)) == Some(high)
+        })
+    };
+    wait_for(
+        60,
+        "the first member caught up with every partition",
+        caught_up,
+    )
+    .await;
+    stop_a.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task_a)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let chain = chain.lock().unwrap();
+    assert!(
+        chain.violations.is_empty(),
+        "the chains forked or had gaps: {:#?}",
+        chain.violations
+    );
+    assert!(
+        chain.writes_by.get("a").copied().unwrap_or(0) > 0
+            && chain.writes_by.get("b").copied().unwrap_or(0) > 0,
+        "both members wrote: {:?}",
+        chain.writes_by
+    );
+    let total: i64 = high.values().sum();
+    assert_eq!(total, 3_000, "the load published 3,000 events");
+}
+
+/// A sink that keeps its own positions, and says where to start.
+struct Positioned {
+    collect: Collect,
+    positions: Positions,
+}
+
+impl Sink for Positioned {
+    type Prepared = Prepared;
+    type Preparer = fn(&TopicPartition, Vec<Record>) -> Prepared;
+
+    fn preparer(&self) -> Self::Preparer {
+        keep
+    }
+
+    async fn on_assign(&mut self, partitions: &[TopicPartition]) -> Result<Positions, SinkError> {
+        Ok(partitions
+            .iter()
+            .filter_map(|partition| {
+                self.positions
+                    .get(partition)
+                    .map(|next| (partition.clone(), *next))
+            })
+            .collect())
+    }
+
+    async fn write(&mut self, batch: &[PartitionBatch<Prepared>]) -> Result<(), SinkError> {
+        self.collect.write(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_positions_win_over_the_groups_on_assignment_and_after_a_restart() {
+    let stack = Stack::start(BrokerStorage::Sqlite);
+    let ledger = stack.ledger().await;
+    publish(&ledger, 0, 300).await;
+    let high = stack.high_watermarks();
+    let group = settings(1000);
+    let config = || RuntimeConfig::group("positioned", vec![TOPIC.to_owned()], &group, "unused");
+    let p0 = TopicPartition::new(TOPIC, 0);
+    let from = high[&0] / 2;
+
+    // First run, nothing committed: partition 0 starts where the sink says, the others at the
+    // start (the group has no offsets).
+    let first = Collect::default();
+    let (stop, task) = stack.run(
+        config(),
+        Positioned {
+            collect: first.clone(),
+            positions: Positions::from([(p0.clone(), from)]),
+        },
+    );
+    let expected_first = (high[&0] - from) + high[&1] + high[&2];
+    wait_for(
+        30,
+        "the first run read everything after the positions",
+        || first.len() as i64 >= expected_first,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len() as i64, expected_first);
+    assert_eq!(
+        first.offsets(0),
+        (from..high[&0]).collect::<Vec<_>>(),
+        "partition 0 starts at the sink's position"
+    );
+
+    // Restart: the group committed everything, but the sink says partition 1 must be read
+    // again from 1 (as a sink that lost writes would). Its position wins over the commit.
+    let second = Collect::default();
+    let (stop, task) = stack.run(
+        config(),
+        Positioned {
+            collect: second.clone(),
+            positions: Positions::from([(TopicPartition::new(TOPIC, 1), 1)]),
+        },
+    );
+    wait_for(30, "the restarted run reread partition 1", || {
+        second.len() as i64 >= high[&1] - 1
+    })
+    .await;
+    publish(&ledger, 300, 310).await;
+    wait_for(30, "the restarted run read the new records", || {
+        second.len() as i64 >= high[&1] - 1 + 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second.offsets(1)[..(high[&1] - 1) as usize],
+        (1..high[&1]).collect::<Vec<_>>()[..],
+        "partition 1 reread from the sink's position"
+    );
+    let mut messages = second.messages();
+    messages.retain(|message| ticks(300..310).contains(message));
+    assert_eq!(
+        messages,
+        ticks(300..310),
+        "and new records everywhere, once"
+    );
+    assert_eq!(second.len() as i64, high[&1] - 1 + 10);
+    assert_eq!(
+        Category::System.topic_name(),
+        TOPIC,
+        "the runtime decodes this topic as system events"
+    );
+}

@@ -1,0 +1,81 @@
+//! What the projector process tests share: starting `ledgerline-consumer projector` against a
+//! test's servers, and reading what it did.
+
+// Each test binary uses its own subset.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+use ledgerline_consumers::clickhouse::ClickHouseConfig;
+use ledgerline_consumers::projector::{queries, EventFilter};
+use ledgerline_tests::{Broker, RegistryServer};
+use secrecy::ExposeSecret;
+
+/// `ledgerline-consumer projector` configured through the environment, as an operator would,
+/// for a test's broker, registry and ClickHouse database; with static group membership when
+/// `instance` is given. Batches of 3,000 events or 200 ms.
+pub fn projector_command(
+    broker: &Broker,
+    registry: &RegistryServer,
+    clickhouse: &ClickHouseConfig,
+    group: &str,
+    instance: Option<&str>,
+    dir: &std::path::Path,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledgerline-consumer"));
+    command
+        .arg("projector")
+        .current_dir(dir)
+        .env_remove("LEDGERLINE_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("LEDGERLINE_KAFKA__BROKERS", broker.bootstrap())
+        .env("LEDGERLINE_SCHEMA_REGISTRY__URL", registry.url())
+        .env("LEDGERLINE_PROJECTOR__CLICKHOUSE__URL", &clickhouse.url)
+        .env("LEDGERLINE_PROJECTOR__CLICKHOUSE__USER", &clickhouse.user)
+        .env(
+            "LEDGERLINE_PROJECTOR__CLICKHOUSE__PASSWORD",
+            clickhouse.password.expose_secret(),
+        )
+        .env(
+            "LEDGERLINE_PROJECTOR__CLICKHOUSE__DATABASE",
+            &clickhouse.database,
+        )
+        .env("LEDGERLINE_PROJECTOR__GROUP_ID", group)
+        .env("LEDGERLINE_PROJECTOR__LISTEN", "127.0.0.1:0")
+        .env("LEDGERLINE_PROJECTOR__BATCH_MAX_EVENTS", "3000")
+        .env("LEDGERLINE_PROJECTOR__BATCH_MAX_WAIT_MS", "200");
+    if let Some(instance) = instance {
+        command.env("LEDGERLINE_PROJECTOR__GROUP_INSTANCE_ID", instance);
+    }
+    command
+}
+
+/// Events this projector process has written, from its own `/metrics`: the stored count can
+/// grow after a kill too, when ClickHouse stores what a killed run's insert had sent.
+pub async fn written_by(listen: &str) -> u64 {
+    let Ok(response) = reqwest::get(format!("http://{listen}/metrics")).await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find(|line| {
+            line.starts_with("ledgerline_consumer_events_total{")
+                && line.contains("outcome=\"written\"")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn free_listen_address() -> String {
+    format!(
+        "127.0.0.1:{}",
+        ledgerline_tests::process::free_port().unwrap()
+    )
+}
+
+pub async fn count(clickhouse: &ClickHouseConfig, filter: &EventFilter) -> u64 {
+    queries::count_events(&clickhouse.client(), &clickhouse.database, filter)
+        .await
+        .unwrap_or(0)
+}
