@@ -36,12 +36,10 @@ use schema_registry_converter::schema_registry_common::{
     get_bytes_result, get_payload, BytesResult, SchemaType, SrCall, SubjectNameStrategy,
     SuppliedSchema,
 };
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
-
-use ledgerline_service::schema_registry::SchemaRegistryConfig;
 
 use crate::avro::{self, SchemaFile};
 use crate::event::Event;
@@ -118,6 +116,26 @@ fn registry_failure(error: &SRCError, permanent: impl FnOnce(String) -> CodecErr
     }
 }
 
+/// How the codec reaches the schema registry. Plain data, so this crate stays free of the config
+/// framework and the Kafka client: `ledgerline-service`'s `[schema_registry]` section converts
+/// into it, which lets callers write `EventCodec::new(&registry_config)`.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Base URLs, without trailing slashes; tried in turn.
+    pub urls: Vec<String>,
+    /// HTTP basic auth, when the registry requires it.
+    pub basic_auth: Option<RegistryAuth>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// HTTP basic auth credentials for the registry.
+#[derive(Debug, Clone)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: SecretString,
+}
+
 /// Encodes and decodes [`Event`]s through a Confluent-compatible schema registry.
 pub struct EventCodec {
     settings: SrSettings,
@@ -137,9 +155,11 @@ impl std::fmt::Debug for EventCodec {
 }
 
 impl EventCodec {
-    pub fn new(config: &SchemaRegistryConfig) -> Result<Self, CodecError> {
-        let urls = config.urls();
-        let Some((first, rest)) = urls.split_first() else {
+    /// A codec for the registry `settings` describe; takes `&SchemaRegistryConfig` as well.
+    /// Connects lazily: nothing is asked of the registry until the first call.
+    pub fn new(settings: impl Into<RegistrySettings>) -> Result<Self, CodecError> {
+        let registry: RegistrySettings = settings.into();
+        let Some((first, rest)) = registry.urls.split_first() else {
             return Err(CodecError::Settings(
                 "schema_registry.url names no url".to_owned(),
             ));
@@ -148,10 +168,10 @@ impl EventCodec {
         for url in rest {
             builder.add_url(url.clone());
         }
-        if let Some(auth) = &config.basic_auth {
+        if let Some(auth) = &registry.basic_auth {
             builder.set_basic_authorization(&auth.username, Some(auth.password.expose_secret()));
         }
-        builder.set_timeout(Duration::from_millis(config.timeout_ms));
+        builder.set_timeout(registry.timeout);
         builder.no_proxy();
         let settings = builder
             .build()
@@ -168,7 +188,7 @@ impl EventCodec {
     /// Subject, and the schema to register or look up under it.
     fn strategy(file: SchemaFile) -> SubjectNameStrategy {
         SubjectNameStrategy::TopicNameStrategyWithSchema(
-            file.category.topic(),
+            file.category.topic_name().to_owned(),
             false,
             SuppliedSchema::new(None, SchemaType::Avro, file.text.to_owned()),
         )

@@ -13,6 +13,6 @@ pub mod event;
 pub mod samples;
 pub mod topics;
 
-pub use codec::{CodecError, EventCodec};
+pub use codec::{CodecError, EventCodec, RegistrySettings};
 pub use event::Event;
 pub use topics::Category;

@@ -2,6 +2,9 @@
 //! [`crate::kafka`]. Any Confluent-compatible registry works (Confluent SR, Karapace, or
 //! `ledgerline-registry`).
 
+use std::time::Duration;
+
+use ledgerline_schemas::codec::{RegistryAuth, RegistrySettings};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -52,6 +55,20 @@ impl PartialEq for BasicAuth {
 }
 
 impl Eq for BasicAuth {}
+
+/// The codec's view of this section: `EventCodec::new(&config)`.
+impl From<&SchemaRegistryConfig> for RegistrySettings {
+    fn from(config: &SchemaRegistryConfig) -> Self {
+        Self {
+            urls: config.urls(),
+            basic_auth: config.basic_auth.as_ref().map(|auth| RegistryAuth {
+                username: auth.username.clone(),
+                password: auth.password.clone(),
+            }),
+            timeout: Duration::from_millis(config.timeout_ms),
+        }
+    }
+}
 
 impl SchemaRegistryConfig {
     /// The configured base URLs, trimmed, without trailing slashes.
@@ -112,5 +129,24 @@ mod tests {
         };
         let error = bad.validate().unwrap_err().to_string();
         assert!(error.contains("schema_registry.url"), "{error}");
+    }
+
+    #[test]
+    fn codec_settings_carry_urls_auth_and_timeout() {
+        let config = SchemaRegistryConfig {
+            url: "http://a:8081/,http://b:8081".to_owned(),
+            basic_auth: Some(BasicAuth {
+                username: "u".to_owned(),
+                password: "p".into(),
+            }),
+            timeout_ms: 1_500,
+            ..SchemaRegistryConfig::default()
+        };
+        let settings = RegistrySettings::from(&config);
+        assert_eq!(settings.urls, ["http://a:8081", "http://b:8081"]);
+        let auth = settings.basic_auth.unwrap();
+        assert_eq!(auth.username, "u");
+        assert_eq!(auth.password.expose_secret(), "p");
+        assert_eq!(settings.timeout, Duration::from_millis(1_500));
     }
 }
