@@ -131,7 +131,7 @@ where
         let name = fields
             .event_name
             .take()
-            .unwrap_or_else(|| format!("log.{}", level_name(level)));
+            .unwrap_or_else(|| format!("log.{}", level.as_str().to_ascii_lowercase()));
         let message = fields.message.take().unwrap_or_default();
         let mut draft = self.ledger.system(&name, level, target, &message).build();
         if let Event::System(system) = &mut draft {
@@ -158,17 +158,6 @@ where
             metrics::counter!("ledgerline_producer_tracing_dropped_total").increment(1);
         }
         PUBLISHING.with(|flag| flag.set(false));
-    }
-}
-
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Trace => "trace",
-        Level::Debug => "debug",
-        Level::Info => "info",
-        Level::Warn => "warn",
-        Level::Error => "error",
-        Level::Critical => "critical",
     }
 }
 

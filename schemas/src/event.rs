@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::symbols::symbols;
 use crate::Category;
 
 /// Avro's `uuid` logical type annotates a string, but apache-avro's serializer is not
@@ -47,23 +48,27 @@ pub struct Envelope {
     pub attributes: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Level {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-    Critical,
+symbols! {
+    /// Severity, lowest first.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    pub enum Level("level") {
+        Trace = "TRACE",
+        Debug = "DEBUG",
+        Info = "INFO",
+        Warn = "WARN",
+        Error = "ERROR",
+        Critical = "CRITICAL",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Outcome {
-    Success,
-    Failure,
-    Denied,
+symbols! {
+    /// How an audited action or a connection step went.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum Outcome("outcome") {
+        Success = "SUCCESS",
+        Failure = "FAILURE",
+        Denied = "DENIED",
+    }
 }
 
 /// Who did what to what, and how it went. Mandatory: name, actor id, source ip, outcome,
@@ -96,14 +101,15 @@ pub struct Target {
     pub id: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
+symbols! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum JobStatus("job status") {
+        Queued = "QUEUED",
+        Running = "RUNNING",
+        Completed = "COMPLETED",
+        Failed = "FAILED",
+        Cancelled = "CANCELLED",
+    }
 }
 
 /// Job lifecycle and progress (schema v2).
@@ -122,15 +128,16 @@ pub struct JobEvent {
     pub parent_job_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ConnectionPhase {
-    Connect,
-    Authenticate,
-    Command,
-    Disconnect,
-    Commit,
-    Save,
+symbols! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum ConnectionPhase("connection phase") {
+        Connect = "CONNECT",
+        Authenticate = "AUTHENTICATE",
+        Command = "COMMAND",
+        Disconnect = "DISCONNECT",
+        Commit = "COMMIT",
+        Save = "SAVE",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,11 +170,12 @@ pub struct ErrorInfo {
     pub chain: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Direction {
-    Input,
-    Output,
+symbols! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum Direction("direction") {
+        Input = "INPUT",
+        Output = "OUTPUT",
+    }
 }
 
 /// Live device session I/O: fanned out, never stored.
@@ -370,6 +378,77 @@ mod tests {
         assert_eq!(
             samples::event(Category::Session, 3).partition_key(),
             "device-3"
+        );
+    }
+
+    /// The symbols of the Avro enum `name` wherever it appears in `schema`.
+    fn avro_symbols(schema: &serde_json::Value, name: &str) -> Option<Vec<String>> {
+        match schema {
+            serde_json::Value::Object(fields) => {
+                if fields.get("type").and_then(|t| t.as_str()) == Some("enum")
+                    && fields.get("name").and_then(|n| n.as_str()) == Some(name)
+                {
+                    let symbols = fields.get("symbols")?.as_array()?;
+                    return symbols
+                        .iter()
+                        .map(|s| Some(s.as_str()?.to_owned()))
+                        .collect();
+                }
+                fields.values().find_map(|inner| avro_symbols(inner, name))
+            }
+            serde_json::Value::Array(items) => {
+                items.iter().find_map(|inner| avro_symbols(inner, name))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn enum_texts_are_the_avro_symbols_and_round_trip() {
+        fn check<T>(category: Category, name: &str, all: &[T], as_str: fn(T) -> &'static str)
+        where
+            T: Copy + std::fmt::Debug + PartialEq + Serialize + std::str::FromStr,
+            T::Err: std::fmt::Debug,
+        {
+            let schema: serde_json::Value =
+                serde_json::from_str(crate::avro::current(category).text).unwrap();
+            let expected = avro_symbols(&schema, name).unwrap();
+            let texts: Vec<&str> = all.iter().map(|value| as_str(*value)).collect();
+            assert_eq!(texts, expected, "{name}");
+            for &value in all {
+                let text = as_str(value);
+                assert_eq!(text.parse::<T>().unwrap(), value);
+                assert_eq!(serde_json::to_value(value).unwrap(), text, "serde agrees");
+            }
+        }
+        check(Category::Audit, "Level", Level::ALL, Level::as_str);
+        check(Category::Audit, "Outcome", Outcome::ALL, Outcome::as_str);
+        check(
+            Category::Job,
+            "JobStatus",
+            JobStatus::ALL,
+            JobStatus::as_str,
+        );
+        check(
+            Category::Connection,
+            "ConnectionPhase",
+            ConnectionPhase::ALL,
+            ConnectionPhase::as_str,
+        );
+        check(
+            Category::Session,
+            "Direction",
+            Direction::ALL,
+            Direction::as_str,
+        );
+    }
+
+    #[test]
+    fn unknown_texts_name_the_enum_and_the_choices() {
+        let error = "info".parse::<Level>().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "unknown level `info` (expected one of TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL)"
         );
     }
 }

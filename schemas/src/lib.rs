@@ -5,12 +5,14 @@
 //! - [`event`]: the Rust event types, mirrors of the Avro schemas, and their validation rules;
 //! - [`avro`]: the versioned `.avsc` files in `schemas/avro/`, compiled in;
 //! - [`samples`]: fully populated example events for tests and demos;
+//! - [`symbols`]: the text of the model's enums (`INFO`, `RUNNING`), declared once per enum;
 //! - [`codec`]: Confluent wire-format encode and decode through `schema_registry_converter`.
 
 pub mod avro;
 pub mod codec;
 pub mod event;
 pub mod samples;
+pub mod symbols;
 pub mod topics;
 
 pub use codec::{CodecError, EventCodec, RegistrySettings};

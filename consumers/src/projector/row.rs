@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 
 use clickhouse::Row;
 use ledgerline_schemas::event::{
-    Actor, AuditEvent, ConnectionEvent, ConnectionPhase, Envelope, ErrorInfo, JobEvent, JobStatus,
-    Level, Outcome, SystemEvent, Target,
+    Actor, AuditEvent, ConnectionEvent, Envelope, ErrorInfo, JobEvent, Outcome, SystemEvent, Target,
 };
 use ledgerline_schemas::{Category, Event};
 use serde::{Deserialize, Serialize};
@@ -149,7 +148,7 @@ pub fn into_event_row(
             action: Some(action),
             target_kind: target.as_ref().map(|target| target.kind.clone()),
             target_id: target.map(|target| target.id),
-            outcome: Some(outcome_symbol(outcome).to_owned()),
+            outcome: Some(outcome.as_str().to_owned()),
             reason,
             details: Some(details),
             ..base(envelope)
@@ -167,7 +166,7 @@ pub fn into_event_row(
             job_id: Some(job_id),
             job_type: Some(job_type),
             job_name: Some(job_name),
-            job_status: Some(job_status_symbol(status).to_owned()),
+            job_status: Some(status.as_str().to_owned()),
             progress: Some(progress),
             details: Some(details),
             parent_job_id,
@@ -186,8 +185,8 @@ pub fn into_event_row(
             device_id: Some(device_id),
             device_name: Some(device_name),
             job_id,
-            phase: Some(phase_symbol(phase).to_owned()),
-            outcome: Some(outcome_symbol(outcome).to_owned()),
+            phase: Some(phase.as_str().to_owned()),
+            outcome: Some(outcome.as_str().to_owned()),
             duration_ms,
             error,
             ..base(envelope)
@@ -236,7 +235,7 @@ pub fn job_status_row(
         job_id: job.job_id.clone(),
         job_type: job.job_type.clone(),
         job_name: job.job_name.clone(),
-        status: job_status_symbol(job.status).to_owned(),
+        status: job.status.as_str().to_owned(),
         progress: job.progress,
         details: job.details.clone(),
         service: job.envelope.service.clone(),
@@ -265,7 +264,7 @@ impl EventRow {
             occurred_date: utc_day(envelope.occurred_at),
             category: envelope.category.as_str().to_owned(),
             name: envelope.name,
-            level: level_symbol(envelope.level).to_owned(),
+            level: envelope.level.as_str().to_owned(),
             service: envelope.service,
             service_version: envelope.service_version,
             host: envelope.host,
@@ -322,8 +321,10 @@ impl EventRow {
             occurred_at: self.occurred_at_us,
             category,
             name: self.name.clone(),
-            level: parse_symbol(&LEVELS, level_symbol, &self.level)
-                .ok_or_else(|| self.invalid("level", "is not a level"))?,
+            level: self
+                .level
+                .parse()
+                .map_err(|_| self.invalid("level", "is not a level"))?,
             service: self.service.clone(),
             service_version: self.service_version.clone(),
             host: self.host.clone(),
@@ -363,7 +364,7 @@ impl EventRow {
                 status: self
                     .job_status
                     .as_deref()
-                    .and_then(|text| parse_symbol(&JOB_STATUSES, job_status_symbol, text))
+                    .and_then(|text| text.parse().ok())
                     .ok_or_else(|| self.invalid("job_status", "is not a job status"))?,
                 progress: self
                     .progress
@@ -379,7 +380,7 @@ impl EventRow {
                 phase: self
                     .phase
                     .as_deref()
-                    .and_then(|text| parse_symbol(&PHASES, phase_symbol, text))
+                    .and_then(|text| text.parse().ok())
                     .ok_or_else(|| self.invalid("phase", "is not a connection phase"))?,
                 outcome: self.outcome()?,
                 duration_ms: self.duration_ms,
@@ -422,7 +423,7 @@ impl EventRow {
     fn outcome(&self) -> Result<Outcome> {
         self.outcome
             .as_deref()
-            .and_then(|text| parse_symbol(&OUTCOMES, outcome_symbol, text))
+            .and_then(|text| text.parse().ok())
             .ok_or_else(|| self.invalid("outcome", "is not an outcome"))
     }
 
@@ -445,82 +446,9 @@ fn utc_day(occurred_at_us: i64) -> u16 {
     u16::try_from(days.max(0)).unwrap_or(u16::MAX)
 }
 
-const LEVELS: [Level; 6] = [
-    Level::Trace,
-    Level::Debug,
-    Level::Info,
-    Level::Warn,
-    Level::Error,
-    Level::Critical,
-];
-const OUTCOMES: [Outcome; 3] = [Outcome::Success, Outcome::Failure, Outcome::Denied];
-const JOB_STATUSES: [JobStatus; 5] = [
-    JobStatus::Queued,
-    JobStatus::Running,
-    JobStatus::Completed,
-    JobStatus::Failed,
-    JobStatus::Cancelled,
-];
-const PHASES: [ConnectionPhase; 6] = [
-    ConnectionPhase::Connect,
-    ConnectionPhase::Authenticate,
-    ConnectionPhase::Command,
-    ConnectionPhase::Disconnect,
-    ConnectionPhase::Commit,
-    ConnectionPhase::Save,
-];
-
-/// The `level` column's text: the Avro symbol.
-pub fn level_symbol(level: Level) -> &'static str {
-    match level {
-        Level::Trace => "TRACE",
-        Level::Debug => "DEBUG",
-        Level::Info => "INFO",
-        Level::Warn => "WARN",
-        Level::Error => "ERROR",
-        Level::Critical => "CRITICAL",
-    }
-}
-
-/// The `outcome` column's text: the Avro symbol.
-pub fn outcome_symbol(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Success => "SUCCESS",
-        Outcome::Failure => "FAILURE",
-        Outcome::Denied => "DENIED",
-    }
-}
-
-/// The `job_status` / `status` columns' text: the Avro symbol.
-pub fn job_status_symbol(status: JobStatus) -> &'static str {
-    match status {
-        JobStatus::Queued => "QUEUED",
-        JobStatus::Running => "RUNNING",
-        JobStatus::Completed => "COMPLETED",
-        JobStatus::Failed => "FAILED",
-        JobStatus::Cancelled => "CANCELLED",
-    }
-}
-
-/// The `phase` column's text: the Avro symbol.
-pub fn phase_symbol(phase: ConnectionPhase) -> &'static str {
-    match phase {
-        ConnectionPhase::Connect => "CONNECT",
-        ConnectionPhase::Authenticate => "AUTHENTICATE",
-        ConnectionPhase::Command => "COMMAND",
-        ConnectionPhase::Disconnect => "DISCONNECT",
-        ConnectionPhase::Commit => "COMMIT",
-        ConnectionPhase::Save => "SAVE",
-    }
-}
-
-/// The inverse of a `*_symbol` function, so each mapping is written once.
-fn parse_symbol<T: Copy>(all: &[T], symbol: fn(T) -> &'static str, text: &str) -> Option<T> {
-    all.iter().copied().find(|value| symbol(*value) == text)
-}
-
 #[cfg(test)]
 mod tests {
+    use ledgerline_schemas::event::{ConnectionPhase, JobStatus, Level};
     use ledgerline_schemas::samples;
 
     use super::*;
@@ -661,30 +589,21 @@ mod tests {
 
     #[test]
     fn symbols_round_trip() {
-        for level in LEVELS {
-            assert_eq!(
-                parse_symbol(&LEVELS, level_symbol, level_symbol(level)),
-                Some(level)
-            );
+        for &level in Level::ALL {
+            assert_eq!(level.as_str().parse::<Level>().ok(), Some(level));
         }
-        for outcome in OUTCOMES {
-            let text = outcome_symbol(outcome);
-            assert_eq!(parse_symbol(&OUTCOMES, outcome_symbol, text), Some(outcome));
+        for &outcome in Outcome::ALL {
+            let text = outcome.as_str();
+            assert_eq!(text.parse::<Outcome>().ok(), Some(outcome));
         }
-        for status in JOB_STATUSES {
-            let text = job_status_symbol(status);
-            assert_eq!(
-                parse_symbol(&JOB_STATUSES, job_status_symbol, text),
-                Some(status)
-            );
+        for &status in JobStatus::ALL {
+            let text = status.as_str();
+            assert_eq!(text.parse::<JobStatus>().ok(), Some(status));
         }
-        for phase in PHASES {
-            assert_eq!(
-                parse_symbol(&PHASES, phase_symbol, phase_symbol(phase)),
-                Some(phase)
-            );
+        for &phase in ConnectionPhase::ALL {
+            assert_eq!(phase.as_str().parse::<ConnectionPhase>().ok(), Some(phase));
         }
-        assert_eq!(parse_symbol(&LEVELS, level_symbol, "info"), None);
+        assert_eq!("info".parse::<Level>().ok(), None);
     }
 
     #[test]
