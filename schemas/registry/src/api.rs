@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
@@ -19,11 +19,11 @@ use crate::compatibility::CompatibilityLevel;
 use crate::config::BasicAuth;
 use crate::error::ApiError;
 use crate::extract::{flag, ApiPath, ConfluentJson};
+use crate::response::with_content_type;
 use crate::state::{Version, VersionSpec};
 use crate::store::Store;
 
-/// The content type of every answer.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+pub use crate::response::CONTENT_TYPE;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -102,14 +102,6 @@ fn reply<T: Serialize + ?Sized>(body: &T) -> Result<Response, ApiError> {
         ApiError::Store
     })?;
     Ok(with_content_type(bytes))
-}
-
-fn with_content_type(body: impl IntoResponse) -> Response {
-    let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    response
 }
 
 // ---- request bodies ----

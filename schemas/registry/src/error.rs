@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::api::CONTENT_TYPE;
+use crate::response::with_content_type;
 
 /// An API error with Confluent's `error_code`. Clients match on the code, so each variant keeps
 /// Confluent's; the HTTP status is the code's first three digits (`40401` → 404), except where
@@ -131,10 +131,7 @@ impl IntoResponse for ApiError {
             message: &message,
         })
         .unwrap_or_default();
-        let mut response = (status, body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        let mut response = with_content_type((status, body));
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -9,10 +9,11 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::response::CONTENT_TYPE;
 
 /// Content types Confluent clients send; a request without one is read as JSON too.
 const ACCEPTED_CONTENT_TYPES: [&str; 3] = [
-    "application/vnd.schemaregistry.v1+json",
+    CONTENT_TYPE,
     "application/vnd.schemaregistry+json",
     "application/json",
 ];

@@ -13,9 +13,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::applied::AppliedState;
 use crate::error::RegistryError;
 use crate::records::LogRecord;
-use crate::store::Shared;
 
 /// Bounds each admin and metadata round trip.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,7 +163,7 @@ impl ConsumerContext for TailerContext {}
 pub(crate) async fn tail(
     consumer: StreamConsumer<TailerContext>,
     topic: String,
-    shared: Arc<Shared>,
+    shared: Arc<AppliedState>,
     stop: CancellationToken,
 ) {
     loop {

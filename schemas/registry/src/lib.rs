@@ -25,12 +25,15 @@
 //!
 //! # Modules
 //! - [`config`]: `[registry]` settings;
-//! - [`api`]: the REST handlers; `extract` and `auth` guard their inputs;
+//! - [`api`]: the REST handlers; `extract` and `auth` guard their inputs, `response` frames
+//!   every answer;
 //! - `state`: the in-memory state and the rules (ids, versions, deletes, compatibility);
 //! - [`compatibility`] and `avro`: compatibility levels and schema identity;
-//! - [`records`]: the topic's record layout; `kafka` and `store`: the topic I/O.
+//! - [`records`]: the topic's record layout; `kafka` and `store`: the topic I/O; `applied`: the
+//!   state as the tailer has applied it.
 
 pub mod api;
+mod applied;
 mod auth;
 mod avro;
 pub mod compatibility;
@@ -39,6 +42,7 @@ pub mod error;
 mod extract;
 mod kafka;
 pub mod records;
+mod response;
 mod state;
 mod store;
 

@@ -20,10 +20,11 @@ use std::time::Duration;
 use ledgerline_service::kafka::KafkaConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::{watch, Mutex, RwLock, RwLockReadGuard};
+use tokio::sync::{Mutex, RwLockReadGuard};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::applied::AppliedState;
 use crate::config::{Mode, RegistryConfig};
 use crate::error::{ApiError, RegistryError};
 use crate::kafka;
@@ -39,45 +40,8 @@ const REPLAY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `/health` lets the tailer catch up with the high watermark before reporting lag.
 const HEALTH_CATCH_UP: Duration = Duration::from_secs(1);
 
-/// What the tailer writes and requests read.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    state: RwLock<State>,
-    /// The next offset to apply: everything below it is in `state`.
-    applied: watch::Sender<i64>,
-}
-
-impl Shared {
-    pub(crate) async fn apply(&self, record: LogRecord) {
-        self.state.write().await.apply(record);
-    }
-
-    /// Moves the applied offset forward (never back).
-    pub(crate) fn advance(&self, next: i64) {
-        self.applied.send_if_modified(|current| {
-            let moved = next > *current;
-            if moved {
-                *current = next;
-            }
-            moved
-        });
-    }
-
-    fn applied(&self) -> i64 {
-        *self.applied.borrow()
-    }
-
-    /// Waits until everything below `target` is applied; `false` on timeout.
-    async fn wait_applied(&self, target: i64, timeout: Duration) -> bool {
-        let mut applied = self.applied.subscribe();
-        let waited = tokio::time::timeout(timeout, applied.wait_for(|next| *next >= target)).await;
-        // `wait_for` returns a guard on the value; holding it would block the tailer.
-        matches!(waited, Ok(Ok(_)))
-    }
-}
-
 pub struct Store {
-    shared: Arc<Shared>,
+    shared: Arc<AppliedState>,
     producer: FutureProducer,
     watermarks: Arc<BaseConsumer>,
     topic: String,
@@ -115,10 +79,7 @@ impl Store {
             Arc::new(kafka::watermark_client(kafka_config).map_err(RegistryError::KafkaClient)?);
         let consumer =
             kafka::tail_consumer(kafka_config, &topic).map_err(RegistryError::KafkaClient)?;
-        let shared = Arc::new(Shared {
-            state: RwLock::new(State::new(config.default_compatibility)),
-            applied: watch::Sender::new(0),
-        });
+        let shared = Arc::new(AppliedState::new(State::new(config.default_compatibility)));
         let tailer = tokio::spawn(kafka::tail(
             consumer,
             topic.clone(),
@@ -167,7 +128,7 @@ impl Store {
                 )));
             }
         }
-        let state = self.shared.state.read().await;
+        let state = self.shared.read().await;
         tracing::info!(
             topic = %self.topic,
             offsets = target,
@@ -180,7 +141,7 @@ impl Store {
 
     /// The state, for reads. Hold it only while building an answer: the tailer waits for it.
     pub async fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.shared.state.read().await
+        self.shared.read().await
     }
 
     /// Runs a write (see the module docs) and returns its answer. A replica answers a write only
