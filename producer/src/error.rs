@@ -58,7 +58,7 @@ pub enum BuildError {
     },
 }
 
-/// `flush` or `shutdown` ran out of time with events still undelivered.
+/// `flush` ran out of time with events still undelivered.
 #[derive(Debug, thiserror::Error)]
 #[error("{pending} event(s) still undelivered after {waited_ms} ms")]
 pub struct FlushTimeout {
