@@ -44,11 +44,6 @@ impl Category {
     }
 
     /// `ledgerline.<category>`.
-    pub fn topic(self) -> String {
-        self.topic_name().to_owned()
-    }
-
-    /// `ledgerline.<category>`, without allocating (hot paths).
     pub const fn topic_name(self) -> &'static str {
         match self {
             Category::Audit => "ledgerline.audit",
@@ -61,7 +56,7 @@ impl Category {
 
     /// Schema-registry subject under TopicNameStrategy: `<topic>-value`.
     pub fn subject(self) -> String {
-        format!("{}-value", self.topic())
+        format!("{}-value", self.topic_name())
     }
 }
 
@@ -92,7 +87,7 @@ mod tests {
 
     #[test]
     fn names_follow_topic_name_strategy() {
-        assert_eq!(Category::Job.topic(), "ledgerline.job");
+        assert_eq!(Category::Job.topic_name(), "ledgerline.job");
         assert_eq!(Category::Audit.subject(), "ledgerline.audit-value");
         for category in Category::ALL {
             assert_eq!(category.topic_name(), format!("{TOPIC_PREFIX}{category}"));

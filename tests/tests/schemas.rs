@@ -84,7 +84,7 @@ async fn direct_encoding_matches_the_converter() {
     for category in Category::ALL {
         let event = samples::event(category, 5);
         let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-            category.topic(),
+            category.topic_name().to_owned(),
             false,
             SuppliedSchema::new(
                 None,
@@ -124,7 +124,7 @@ async fn job_schema_evolves_backward_and_forward_and_refuses_v3() {
     // A v1 writer (an older service) registers v1 and writes a v1 record.
     let v1_writer = AvroEncoder::new(settings.clone());
     let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-        Category::Job.topic(),
+        Category::Job.topic_name().to_owned(),
         false,
         SuppliedSchema::new(None, SchemaType::Avro, job_schema(1).to_owned()),
     );
