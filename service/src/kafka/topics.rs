@@ -62,10 +62,11 @@ pub enum TopicError {
     #[error("failed to create kafka admin client: {0}")]
     Client(#[source] KafkaError),
     /// The request as a whole failed (broker unreachable, timeout): nothing is known about
-    /// any of the topics.
-    #[error("failed to create topics {topics}: {source}")]
+    /// any of the topics. Names the brokers, since an unreachable cluster is the usual cause.
+    #[error("failed to create topics {topics} on kafka at {brokers}: {source}")]
     Request {
         topics: String,
+        brokers: String,
         #[source]
         source: KafkaError,
     },
@@ -122,6 +123,10 @@ pub async fn ensure_topics<S: AsRef<str>>(
                 .map(AsRef::as_ref)
                 .collect::<Vec<_>>()
                 .join(","),
+            brokers: client
+                .get("bootstrap.servers")
+                .unwrap_or("(bootstrap.servers unset)")
+                .to_owned(),
             source,
         })?;
     let mut states = Vec::with_capacity(results.len());
