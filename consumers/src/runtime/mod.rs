@@ -100,6 +100,7 @@ pub use status::ConsumerStatus;
 
 use context::{Assignments, RuntimeContext};
 use reader::Reader;
+use sink::Fence;
 use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]
@@ -177,10 +178,18 @@ pub async fn run<S: Sink>(
         preparer,
         work,
         permits: Arc::new(Semaphore::new(1)),
-        assignments,
+        assignments: Arc::clone(&assignments),
         rejoin,
         shutdown: shutdown.clone(),
         runtime,
+        fence: Fence {
+            assignments: Arc::clone(&assignments),
+            lost: {
+                // Weak: the consumer is closed when `run` drops it, whatever batches remain.
+                let consumer = Arc::downgrade(&consumer);
+                Arc::new(move || consumer.upgrade().is_none_or(|c| c.assignment_lost()))
+            },
+        },
         config,
     };
     let name = reader.config.consumer.clone();
@@ -222,8 +231,9 @@ fn client_config(config: &RuntimeConfig, kafka: &KafkaConfig) -> rdkafka::Client
         Mode::Group(group) => {
             client
                 .set("group.id", &group.group_id)
-                .set("auto.offset.reset", "earliest")
-                .set("max.poll.interval.ms", "600000");
+                .set("auto.offset.reset", "earliest");
+            // A sink outage longer than this ends in a rebalance and a replay elsewhere.
+            set_unless_configured(&mut client, "max.poll.interval.ms", "600000");
             if let Some(instance) = &group.instance_id {
                 client.set("group.instance.id", instance);
             }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{BadRecords, Mode, RuntimeConfig, StartAt};
 use super::context::{Assignments, RuntimeContext};
 use super::dlq::DeadLetters;
-use super::sink::{PartitionBatch, Record, RecordHeader, Rejection, Sink, TopicPartition};
+use super::sink::{Fence, PartitionBatch, Record, RecordHeader, Rejection, Sink, TopicPartition};
 use super::writer::{first_backoff, wait_to_retry, ReadBatch, Work};
 
 /// Longest single wait for a record, so shutdown, a rejoin request and partition discovery
@@ -43,6 +43,7 @@ pub(super) struct Reader<S: Sink> {
     pub(super) rejoin: Arc<AtomicBool>,
     pub(super) shutdown: CancellationToken,
     pub(super) runtime: tokio::runtime::Handle,
+    pub(super) fence: Fence,
 }
 
 /// One partition's share of the batch being read.
@@ -360,6 +361,7 @@ impl<S: Sink> Reader<S> {
                 events,
                 prepared,
                 generation: slot.generation,
+                fence: self.fence.clone(),
             });
         }
         ReadBatch {

@@ -79,6 +79,39 @@ pub struct PartitionBatch<P> {
     /// The assignment the records were read under: a fenced sink's batch is written only
     /// while the partition is still assigned under the same generation.
     pub(super) generation: u64,
+    pub(super) fence: Fence,
+}
+
+impl<P> PartitionBatch<P> {
+    /// Whether this consumer still owns the partition under the assignment the records were
+    /// read in. The runtime checks it before every write of a fenced sink; a write that takes
+    /// long (an insert) can lose the partition while it runs, so a fenced sink checks it again
+    /// right before the step that makes the write visible.
+    pub fn is_current(&self) -> bool {
+        self.fence.holds(&self.partition, self.generation)
+    }
+}
+
+/// What [`PartitionBatch::is_current`] asks: the assignment generations, and whether the
+/// group has already taken the whole assignment away (the session timed out, or the reader
+/// did not poll within `max.poll.interval.ms`), which librdkafka knows before the revocation
+/// callback runs.
+#[derive(Clone)]
+pub(super) struct Fence {
+    pub(super) assignments: Arc<super::context::Assignments>,
+    pub(super) lost: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Fence {
+    pub(super) fn holds(&self, partition: &TopicPartition, generation: u64) -> bool {
+        !(self.lost)() && self.assignments.generation(partition) == Some(generation)
+    }
+}
+
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fence").finish_non_exhaustive()
+    }
 }
 
 /// A sink failed to take a batch. The runtime retries the same batch whatever the failure,

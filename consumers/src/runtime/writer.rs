@@ -11,6 +11,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::context::{Assignments, RuntimeContext};
+#[cfg(test)]
+use super::sink::Fence;
 use super::sink::{PartitionBatch, Positions, Sink, SinkError, TopicPartition};
 
 /// What the writer does next, in the order the reader and the callbacks asked for it.
@@ -127,7 +129,7 @@ impl<S: Sink> Writer<S> {
         let mut backoff = first_backoff();
         loop {
             if S::FENCED {
-                fence(&self.assignments, &mut units, &self.consumer_name);
+                fence(&mut units, &self.consumer_name);
             }
             if units.is_empty() {
                 break;
@@ -179,6 +181,10 @@ async fn commit<P: Send + Sync + 'static>(
     consumer_name: &str,
     commits: Vec<(TopicPartition, u64, i64)>,
 ) {
+    if consumer.assignment_lost() {
+        // The group already moved on; a commit now could only rewind the new owners.
+        return;
+    }
     let mut offsets = TopicPartitionList::new();
     for (partition, generation, next) in &commits {
         if assignments.generation(partition) != Some(*generation) {
@@ -214,9 +220,9 @@ async fn commit<P: Send + Sync + 'static>(
 
 /// Drops the units of partitions no longer assigned under the generation they were read in:
 /// another member owns them now, or this one reads them again from its new position.
-fn fence<P>(assignments: &Assignments, units: &mut Vec<PartitionBatch<P>>, consumer_name: &str) {
+fn fence<P>(units: &mut Vec<PartitionBatch<P>>, consumer_name: &str) {
     units.retain(|unit| {
-        let current = assignments.generation(&unit.partition) == Some(unit.generation);
+        let current = unit.is_current();
         if !current {
             tracing::info!(
                 consumer = %consumer_name,
@@ -235,19 +241,23 @@ fn fence<P>(assignments: &Assignments, units: &mut Vec<PartitionBatch<P>>, consu
 mod tests {
     use super::*;
 
-    fn unit(assignments: &Assignments, partition: i32) -> PartitionBatch<()> {
+    fn unit(assignments: &Arc<Assignments>, partition: i32, lost: bool) -> PartitionBatch<()> {
         let partition = TopicPartition::new("t", partition);
         PartitionBatch {
             generation: assignments.generation(&partition).unwrap_or(0),
             partition,
             events: 1,
             prepared: (),
+            fence: Fence {
+                assignments: Arc::clone(assignments),
+                lost: Arc::new(move || lost),
+            },
         }
     }
 
     #[test]
     fn fencing_keeps_only_partitions_still_assigned_under_the_same_generation() {
-        let assignments = Assignments::default();
+        let assignments = Arc::new(Assignments::default());
         let (p0, p1, p2) = (
             TopicPartition::new("t", 0),
             TopicPartition::new("t", 1),
@@ -255,21 +265,25 @@ mod tests {
         );
         assignments.assign(&[p0.clone(), p1.clone(), p2.clone()]);
         let mut units = vec![
-            unit(&assignments, 0),
-            unit(&assignments, 1),
-            unit(&assignments, 2),
+            unit(&assignments, 0, false),
+            unit(&assignments, 1, false),
+            unit(&assignments, 2, false),
         ];
         // p1 moved to another member; p2 went away and came back (read again from its new
         // position, so the batch read before is stale too).
         assignments.revoke(&[p1.clone(), p2.clone()]);
         assignments.assign(std::slice::from_ref(&p2));
-        fence(&assignments, &mut units, "test");
+        fence(&mut units, "test");
         let kept: Vec<&TopicPartition> = units.iter().map(|unit| &unit.partition).collect();
         assert_eq!(kept, [&p0]);
         // A unit read under the new assignment is kept.
-        let mut fresh = vec![unit(&assignments, 2)];
-        fence(&assignments, &mut fresh, "test");
+        let mut fresh = vec![unit(&assignments, 2, false)];
+        fence(&mut fresh, "test");
         assert_eq!(fresh.len(), 1);
+        // The group took the whole assignment away before the callback could say so.
+        let mut lost = vec![unit(&assignments, 0, true)];
+        fence(&mut lost, "test");
+        assert!(lost.is_empty());
     }
 
     #[test]
