@@ -243,13 +243,43 @@ impl KafkaConfig {
         config
     }
 
-    /// The one override rule (see the module docs): the passthrough map, applied last.
+    /// The one override rule (see the module docs): the passthrough map, applied last. A key
+    /// it sets also clears what Ledgerline set under the key's alias: librdkafka would get both
+    /// names and apply them in no fixed order, so the operator's value would win only sometimes.
     fn with_passthrough(&self, mut config: ClientConfig) -> ClientConfig {
         for (key, value) in &self.librdkafka {
+            for alias in aliases_of(key) {
+                if !self.librdkafka.contains_key(alias) {
+                    config.remove(alias);
+                }
+            }
             config.set(key, value);
         }
         config
     }
+}
+
+/// librdkafka properties known under two names, among those Ledgerline sets itself.
+const ALIASES: [(&str, &str); 6] = [
+    ("bootstrap.servers", "metadata.broker.list"),
+    ("sasl.mechanism", "sasl.mechanisms"),
+    ("compression.type", "compression.codec"),
+    ("acks", "request.required.acks"),
+    ("linger.ms", "queue.buffering.max.ms"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+];
+
+/// The other names of `key`.
+fn aliases_of(key: &str) -> impl Iterator<Item = &'static str> + '_ {
+    ALIASES.into_iter().filter_map(move |(name, alias)| {
+        if key == name {
+            Some(alias)
+        } else if key == alias {
+            Some(name)
+        } else {
+            None
+        }
+    })
 }
 
 /// A client for cheap liveness probes: one metadata round trip, no group, no subscriptions.
@@ -360,6 +390,27 @@ mod tests {
             Some("20"),
             "over component settings too"
         );
+    }
+
+    #[test]
+    fn the_passthrough_map_wins_under_either_name_of_a_setting() {
+        let config = KafkaConfig {
+            librdkafka: BTreeMap::from([
+                ("message.timeout.ms".to_owned(), "5000".to_owned()),
+                ("compression.codec".to_owned(), "zstd".to_owned()),
+            ]),
+            ..KafkaConfig::default()
+        };
+        let client =
+            config.idempotent_producer_config(&[("delivery.timeout.ms", "120000".to_owned())]);
+        assert_eq!(client.get("message.timeout.ms"), Some("5000"));
+        assert_eq!(
+            client.get("delivery.timeout.ms"),
+            None,
+            "both names would reach librdkafka, applied in no fixed order"
+        );
+        assert_eq!(client.get("compression.codec"), Some("zstd"));
+        assert_eq!(client.get("compression.type"), None);
     }
 
     #[test]
