@@ -1,7 +1,7 @@
 //! Enums whose values travel as text: the Avro enum symbols (`INFO`, `RUNNING`, `SUCCESS`,
 //! `CONNECT`), which are also what ClickHouse columns and logs show.
 //!
-//! [`symbols!`] declares such an enum from one table, `Variant = "TEXT"`: serde's rename,
+//! `symbols!` declares such an enum from one table, `Variant = "TEXT"`: serde's rename,
 //! `as_str`, `ALL` and `FromStr` all come from that line. Other crates call `as_str` and
 //! `parse` rather than keeping their own tables, which would drift from the schema.
 
