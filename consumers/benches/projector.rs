@@ -48,12 +48,7 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STORED: [Category; 4] = [
-    Category::Audit,
-    Category::Job,
-    Category::Connection,
-    Category::System,
-];
+const STORED: [Category; 4] = projector::STORED_CATEGORIES;
 const PARTITIONS: i32 = 3;
 
 fn arg(name: &str, default: usize) -> usize {

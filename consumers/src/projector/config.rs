@@ -129,13 +129,9 @@ impl ProjectorConfig {
         Duration::from_secs(self.retention_check_interval_secs)
     }
 
-    /// The categories the projector stores: those with a retention (every one but session,
-    /// which is live-only), as the routing table in ARCHITECTURE.md has it.
-    pub fn stored_categories(&self) -> Vec<Category> {
-        Category::ALL
-            .into_iter()
-            .filter(|category| self.retention_days.for_category(*category).is_some())
-            .collect()
+    /// The categories the projector stores ([`super::STORED_CATEGORIES`]).
+    pub fn stored_categories(&self) -> &'static [Category] {
+        &super::STORED_CATEGORIES
     }
 }
 
@@ -193,15 +189,13 @@ mod tests {
             .map(|category| projector.retention_days.for_category(category))
             .collect();
         assert_eq!(days, [Some(365), Some(30), Some(30), Some(30), None]);
-        assert_eq!(
-            projector.stored_categories(),
-            [
-                Category::Audit,
-                Category::Job,
-                Category::Connection,
-                Category::System
-            ]
-        );
+        for category in Category::ALL {
+            assert_eq!(
+                projector.retention_days.for_category(category).is_some(),
+                projector.stored_categories().contains(&category),
+                "{category}: a retention setting exactly for the stored categories"
+            );
+        }
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub mod sink;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledgerline_schemas::EventCodec;
+use ledgerline_schemas::{Category, EventCodec};
 use ledgerline_service::http::{self, Health};
 use ledgerline_service::kafka::KafkaProbe;
 use ledgerline_service::telemetry;
@@ -110,6 +110,16 @@ use crate::runtime::{self, RuntimeConfig, RuntimeError};
 
 /// The projector's name: the `consumer` label of its runtime metrics, and its Kafka client id.
 pub const CONSUMER: &str = "projector";
+
+/// The categories the projector stores, as the routing table in ARCHITECTURE.md has them:
+/// every one but session, which is live-only. Retention has a setting for each of these and
+/// for nothing else.
+pub const STORED_CATEGORIES: [Category; 4] = [
+    Category::Audit,
+    Category::Job,
+    Category::Connection,
+    Category::System,
+];
 
 /// How long start-up waits for the broker to answer before giving up with its address.
 const KAFKA_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,7 +178,7 @@ pub async fn run(
     let codec = Arc::new(EventCodec::new(&schema_registry)?);
     let topics: Vec<String> = projector
         .stored_categories()
-        .into_iter()
+        .iter()
         .map(|category| category.topic_name().to_owned())
         .collect();
     let config = RuntimeConfig::group(CONSUMER, topics, &projector.consumer, DEFAULT_GROUP_ID);

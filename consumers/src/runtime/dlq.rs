@@ -23,6 +23,8 @@ pub const DLQ_HEADERS: [&str; 6] = [
 
 pub struct DeadLetters {
     producer: FutureProducer,
+    /// The consumer whose rejects these are: the `consumer` label of the metric.
+    consumer: String,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -32,9 +34,10 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+    pub fn new(kafka: &KafkaConfig, consumer: &str) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: kafka.idempotent_producer_config(&[]).create()?,
+            consumer: consumer.to_owned(),
         })
     }
 
@@ -73,7 +76,8 @@ impl DeadLetters {
             .await
             .map(|_| ())
             .map_err(|(error, _)| error)?;
-        metrics::counter!("ledgerline_consumer_dlq_total", "reason" => reason).increment(1);
+        metrics::counter!("ledgerline_consumer_dlq_total", "consumer" => self.consumer.clone(), "reason" => reason)
+            .increment(1);
         tracing::warn!(
             topic = %source.topic,
             partition = source.partition,

@@ -143,7 +143,7 @@ pub async fn run<S: Sink>(
         consumer.subscribe(&topics)?;
     }
     let dead_letters = match config.bad_records {
-        BadRecords::DeadLetter => Some(DeadLetters::new(kafka)?),
+        BadRecords::DeadLetter => Some(DeadLetters::new(kafka, &config.consumer)?),
         BadRecords::Skip | BadRecords::Deliver => None,
     };
     tracing::info!(consumer = %config.consumer, mode = ?config.mode, topics = ?config.topics, "consumer started");
