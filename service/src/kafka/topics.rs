@@ -60,15 +60,17 @@ pub enum TopicState {
 #[non_exhaustive]
 pub enum TopicError {
     #[error("failed to create kafka admin client: {0}")]
-    Client(#[source] KafkaError),
+    Client(#[source] Box<KafkaError>),
     /// The request as a whole failed (broker unreachable, timeout): nothing is known about
     /// any of the topics. Names the brokers, since an unreachable cluster is the usual cause.
     #[error("failed to create topics {topics} on kafka at {brokers}: {source}")]
     Request {
         topics: String,
         brokers: String,
+        // Boxed, like `Client`'s: this error travels up through every start-up path, and
+        // librdkafka's error is large.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The broker refused these topics (the others were created or existed).
     #[error("{}", describe_refused(refused))]
@@ -97,7 +99,9 @@ pub async fn ensure_topics<S: AsRef<str>>(
     if topics.is_empty() {
         return Ok(Vec::new());
     }
-    let admin: AdminClient<DefaultClientContext> = client.create().map_err(TopicError::Client)?;
+    let admin: AdminClient<DefaultClientContext> = client
+        .create()
+        .map_err(|error| TopicError::Client(Box::new(error)))?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|topic| {
@@ -127,7 +131,7 @@ pub async fn ensure_topics<S: AsRef<str>>(
                 .get("bootstrap.servers")
                 .unwrap_or("(bootstrap.servers unset)")
                 .to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     let mut states = Vec::with_capacity(results.len());
     let mut refused = Vec::new();
