@@ -8,6 +8,7 @@
 //! partitions to another member only after this one stopped writing them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -19,16 +20,19 @@ use super::writer::Work;
 
 /// Which partitions this consumer owns, each under the generation it was assigned in.
 #[derive(Debug, Default)]
-pub(super) struct Assignments(Mutex<AssignmentState>);
+pub(super) struct Assignments {
+    state: Mutex<AssignmentState>,
+    /// Counts changes, so the reader notices one and drops from the batch it is reading the
+    /// records of partitions no longer assigned under the generation it read them in: their
+    /// next owner (or this consumer, from the new position) reads them again. Outside the
+    /// lock: the reader looks after every poll.
+    changes: AtomicU64,
+}
 
 #[derive(Debug)]
 struct AssignmentState {
     assigned: HashMap<TopicPartition, u64>,
     next_generation: u64,
-    /// Counts changes, so the reader notices one and drops from the batch it is reading the
-    /// records of partitions no longer assigned under the generation it read them in: their
-    /// next owner (or this consumer, from the new position) reads them again.
-    changes: u64,
 }
 
 impl Default for AssignmentState {
@@ -36,14 +40,13 @@ impl Default for AssignmentState {
         Self {
             assigned: HashMap::new(),
             next_generation: 1,
-            changes: 0,
         }
     }
 }
 
 impl Assignments {
     fn with<T>(&self, f: impl FnOnce(&mut AssignmentState) -> T) -> T {
-        let mut state = match self.0.lock() {
+        let mut state = match self.state.lock() {
             Ok(state) => state,
             // A panic elsewhere cannot leave the map half-updated: every change is one insert
             // or remove. Keep going rather than lose the assignment.
@@ -60,8 +63,8 @@ impl Assignments {
                 state.next_generation += 1;
                 state.assigned.insert(partition.clone(), generation);
             }
-            state.changes += 1;
         });
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     pub(super) fn revoke(&self, partitions: &[TopicPartition]) {
@@ -69,8 +72,8 @@ impl Assignments {
             for partition in partitions {
                 state.assigned.remove(partition);
             }
-            state.changes += 1;
         });
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// The generation `partition` is assigned under, `None` when it is not assigned here.
@@ -80,7 +83,7 @@ impl Assignments {
 
     /// How many times the assignment changed.
     pub(super) fn changes(&self) -> u64 {
-        self.with(|state| state.changes)
+        self.changes.load(Ordering::Acquire)
     }
 
     pub(super) fn assigned(&self) -> Vec<TopicPartition> {

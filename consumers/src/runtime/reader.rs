@@ -117,7 +117,7 @@ impl<S: Sink> Reader<S> {
             if deadline.is_some_and(|deadline| now >= deadline) {
                 break;
             }
-            if last_discovery.elapsed() >= DISCOVERY_INTERVAL {
+            if now.saturating_duration_since(*last_discovery) >= DISCOVERY_INTERVAL {
                 *last_discovery = now;
                 if matches!(self.config.mode, Mode::Broadcast { .. }) {
                     // Topics and partitions created after the start: read from their start.
