@@ -101,6 +101,11 @@ impl ManagedChild {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended, once it has (reaping it); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL, then reap: what a crash looks like to the rest of the system.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

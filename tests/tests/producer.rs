@@ -1,23 +1,29 @@
 //! The producer crate against a real broker and registry: what it publishes decodes with
 //! `schema_registry_converter` on its own, secrets never reach Kafka, acknowledged and queued
-//! events survive a broker outage, a full queue behaves as configured, and the tracing layer
-//! publishes span context.
+//! events survive a broker outage, a broker gone for longer than the delivery timeout fails
+//! `send` and `publish` without hanging, a full queue behaves as configured, and the tracing
+//! layer publishes span context and nothing below its level.
 
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
+use ledgerline_producer::config::TracingLevel;
 use ledgerline_producer::event::*;
-use ledgerline_producer::{Ledger, ProducerConfig, PublishError, QueueFullPolicy};
+use ledgerline_producer::{
+    DeliveryFailure, DeliveryStats, Ledger, ProducerConfig, PublishError, QueueFullPolicy,
+};
 use ledgerline_schemas::Category;
 use ledgerline_service::kafka::KafkaConfig;
 use ledgerline_service::schema_registry::SchemaRegistryConfig;
+use ledgerline_service::telemetry;
 use ledgerline_tests::{names, Broker, BrokerStorage, Harness, RegistryServer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 
@@ -63,7 +69,7 @@ async fn consume(
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false");
     let consumer: StreamConsumer = config.create().unwrap();
-    consumer.subscribe(&[&category.topic()]).unwrap();
+    consumer.subscribe(&[category.topic_name()]).unwrap();
     let decoder = AvroDecoder::new(SrSettings::new(registry_url.to_owned()));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut found = Vec::new();
@@ -87,6 +93,63 @@ fn record(value: Value) -> BTreeMap<String, Value> {
     match value {
         Value::Record(fields) => fields.into_iter().collect(),
         other => panic!("not a record: {other:?}"),
+    }
+}
+
+/// Every system event `ledger`'s service published, read to an exact end. Unlike [`consume`],
+/// which stops at an expected count, this sees everything, so a test can show that something
+/// was *not* published.
+///
+/// The end is a marker event sent through `ledger` after everything else was acknowledged.
+/// System events are keyed by service, so the marker lands in the partition that holds every
+/// event of the service, after them. A high watermark would not do: Tansu 0.6.0 reports 1
+/// after a two-record batch at offsets 0 and 1, and a reader stopping there misses the second.
+async fn system_events_of(
+    ledger: &Ledger,
+    brokers: &str,
+    service: &str,
+    registry_url: &str,
+) -> Vec<BTreeMap<String, Value>> {
+    let marker = ledger
+        .system("test.end_marker", Level::Info, "ledgerline_tests", "end")
+        .build();
+    let marker_id = marker.envelope().event_id.to_string();
+    let end = ledger.send_event(marker).await.unwrap();
+
+    let topic = Category::System.topic_name();
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", names::group())
+        .set("enable.auto.commit", "false");
+    let consumer: StreamConsumer = config.create().unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, end.partition, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let decoder = AvroDecoder::new(SrSettings::new(registry_url.to_owned()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut found = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: the end marker at {end:?} not reached within 60 s"
+        );
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        let decoded = decoder.decode(message.payload()).await.unwrap();
+        let fields = record(decoded.value);
+        let envelope = record(fields["envelope"].clone());
+        if string(&envelope["event_id"]) == marker_id {
+            return found;
+        }
+        assert!(message.offset() < end.offset, "read past the end marker");
+        if envelope["service"] == Value::String(service.to_owned()) {
+            found.push(fields);
+        }
     }
 }
 
@@ -385,16 +448,16 @@ async fn tracing_layer_publishes_span_context() {
     }
     ledger.flush(Duration::from_secs(10)).await.unwrap();
 
-    let records = consume(
+    // Read to the end of the topic, not to the first match: the debug event must be absent.
+    let records = system_events_of(
+        &ledger,
         &harness.broker.bootstrap(),
-        Category::System,
         &service,
-        1,
         &harness.registry.url(),
     )
     .await;
     assert_eq!(records.len(), 1, "exactly the warn event is published");
-    let fields = &records[0].2;
+    let fields = &records[0];
     let envelope = record(fields["envelope"].clone());
     assert_eq!(string(&envelope["request_id"]), "req-77");
     assert_eq!(
@@ -431,6 +494,63 @@ async fn tracing_layer_publishes_span_context() {
         string(&job_envelope["trace_id"]),
         "0af7651916cd43dd8448eb211c80319c"
     );
+}
+
+#[tokio::test]
+async fn tracing_layer_publishes_exactly_the_events_at_or_above_its_level() {
+    use tracing_subscriber::prelude::*;
+
+    let harness = Harness::shared().unwrap();
+    let service = names::unique("svc");
+    let ledger = ledger_for(
+        &harness.broker.bootstrap(),
+        &harness.registry.url(),
+        ProducerConfig {
+            tracing_level: TracingLevel::Info,
+            ..producer_config(&service)
+        },
+    )
+    .await;
+    {
+        let subscriber = tracing_subscriber::registry().with(ledger.tracing_layer());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        tracing::info!(
+            event_name = "test.info",
+            attempt = 1,
+            "at the level: published"
+        );
+        tracing::debug!(event_name = "test.debug", "below the level: not published");
+    }
+    let stats = ledger.flush(Duration::from_secs(30)).await.unwrap();
+    // Only the layer published through this ledger, so its counts are the layer's.
+    assert_eq!(
+        stats,
+        DeliveryStats {
+            delivered: 1,
+            failed: 0,
+            pending: 0
+        }
+    );
+
+    let records = system_events_of(
+        &ledger,
+        &harness.broker.bootstrap(),
+        &service,
+        &harness.registry.url(),
+    )
+    .await;
+    let published: Vec<String> = records
+        .iter()
+        .map(|fields| string(&record(fields["envelope"].clone())["name"]))
+        .collect();
+    assert_eq!(
+        published,
+        ["test.info"],
+        "exactly the info event is on the topic"
+    );
+    let envelope = record(records[0]["envelope"].clone());
+    assert_eq!(string(&envelope["level"]), "INFO");
+    assert_eq!(string(&envelope["message"]), "at the level: published");
 }
 
 /// Event ids found on `category`'s topic for `service`.
@@ -519,6 +639,216 @@ async fn acknowledged_and_queued_events_survive_a_broker_outage() {
         lost_queued.len(),
         queued.len()
     );
+}
+
+/// The value of `ledgerline_producer_events_total{category, outcome}` in Prometheus text.
+fn events_total(metrics: &str, category: Category, outcome: &str) -> u64 {
+    let category = format!("category=\"{}\"", category.as_str());
+    let outcome = format!("outcome=\"{outcome}\"");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("ledgerline_producer_events_total{"))
+        .filter(|line| line.contains(&category) && line.contains(&outcome))
+        .filter_map(|line| line.rsplit(' ').next())
+        .map(|value| value.parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+/// A bound on waits that must end by themselves; reaching it means something hung. Far above
+/// the delivery timeouts below, so a slow machine never trips it.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// How long the producer keeps trying a record, for the tests that outlast it.
+const SHORT_DELIVERY_TIMEOUT_MS: u64 = 3_000;
+
+#[tokio::test]
+async fn a_broker_gone_past_the_delivery_timeout_fails_send_and_publish_without_hanging() {
+    let harness = Harness::shared().unwrap();
+    let metrics = telemetry::prometheus().unwrap();
+    let mut broker = Broker::start(BrokerStorage::Memory).unwrap();
+    let service = names::unique("svc");
+    let reported: Arc<Mutex<Vec<DeliveryFailure>>> = Arc::default();
+    // The registry lives on the shared broker, so encoding still works with this one gone.
+    let ledger = Ledger::builder(service.clone())
+        .config(ProducerConfig {
+            delivery_timeout_ms: SHORT_DELIVERY_TIMEOUT_MS,
+            ..producer_config(&service)
+        })
+        .brokers(broker.bootstrap())
+        .registry_url(harness.registry.url())
+        .on_delivery_failure({
+            let reported = Arc::clone(&reported);
+            move |failure| reported.lock().unwrap().push(failure.clone())
+        })
+        .build()
+        .await
+        .unwrap();
+    // Session events, which no other test in this file fails to deliver, so the failure
+    // counter (process-wide, shared with the tests running beside this one) moves only for ours.
+    let event = |n: u32| {
+        ledger
+            .session(&format!("dev-{n}"), Direction::Output, "show clock\n")
+            .build()
+    };
+    // Connected, with the topic's leaders known, before the broker goes.
+    ledger.send_event(event(0)).await.unwrap();
+    let failed_before = events_total(&metrics.render(), Category::Session, "failed");
+
+    broker.kill();
+
+    let sent = event(1);
+    let sent_id = sent.envelope().event_id;
+    let error = tokio::time::timeout(HANG_GUARD, ledger.send_event(sent))
+        .await
+        .expect("send() hung with the broker gone")
+        .expect_err("send() succeeded with the broker gone");
+    match &error {
+        PublishError::Delivery {
+            event_id, category, ..
+        } => {
+            assert_eq!(*event_id, sent_id);
+            assert_eq!(*category, Category::Session);
+        }
+        other => panic!("expected a delivery error, got {other:?}"),
+    }
+    assert!(
+        error.to_string().to_lowercase().contains("timed out"),
+        "the error does not name the cause: {error}"
+    );
+
+    let mut published = HashSet::new();
+    for n in 2..7 {
+        let event = event(n);
+        published.insert(event.envelope().event_id);
+        // Accepted: the queue has room; delivery fails later, in the background.
+        ledger.publish_event(event).await.unwrap();
+    }
+    let stats = tokio::time::timeout(HANG_GUARD, ledger.flush(HANG_GUARD))
+        .await
+        .expect("flush() hung with the broker gone")
+        .expect("flush() gave up with events still unsettled");
+    assert_eq!(
+        stats,
+        DeliveryStats {
+            delivered: 0,
+            failed: 5,
+            pending: 0
+        },
+        "every published event settles as failed"
+    );
+
+    let reported = reported.lock().unwrap().clone();
+    let reported_ids: HashSet<_> = reported.iter().map(|failure| failure.event_id).collect();
+    let mut expected_ids = published.clone();
+    expected_ids.insert(sent_id);
+    assert_eq!(
+        reported_ids, expected_ids,
+        "the failure hook saw {reported:?}"
+    );
+    assert_eq!(
+        reported.len(),
+        6,
+        "each failure reported once: {reported:?}"
+    );
+    for failure in &reported {
+        assert_eq!(failure.category, Category::Session);
+        assert!(
+            failure.error.to_lowercase().contains("timed out"),
+            "the reported error does not name the cause: {failure:?}"
+        );
+    }
+    let failed_after = events_total(&metrics.render(), Category::Session, "failed");
+    assert_eq!(
+        failed_after - failed_before,
+        6,
+        "ledgerline_producer_events_total{{category=\"session\",outcome=\"failed\"}}"
+    );
+}
+
+/// A connection event: the test below fails these, so the test above can count session ones.
+fn connection(ledger: &Ledger) -> Event {
+    ledger
+        .connection(
+            "device.connect",
+            "dev-1",
+            "core router",
+            ConnectionPhase::Connect,
+            Outcome::Success,
+        )
+        .build()
+}
+
+/// `[kafka] librdkafka` is documented as applied last, so that it wins. A delivery timeout set
+/// there, under either of librdkafka's names for it, must bound delivery, whatever
+/// `[producer] delivery_timeout_ms` (here its 120 s default) says. Several producers take the
+/// alias, because which of two aliased keys librdkafka applies last can vary per client.
+#[tokio::test]
+async fn a_delivery_timeout_passed_through_to_librdkafka_bounds_delivery() {
+    let harness = Harness::shared().unwrap();
+    let mut broker = Broker::start(BrokerStorage::Memory).unwrap();
+    let service = names::unique("svc");
+    // Five producers on the alias: if which of the two aliased keys wins were a coin toss per
+    // client, at least one of the five would keep the 120 s default in 31 runs of 32.
+    let keys = [
+        "delivery.timeout.ms",
+        "message.timeout.ms",
+        "message.timeout.ms",
+        "message.timeout.ms",
+        "message.timeout.ms",
+        "message.timeout.ms",
+    ];
+    let mut ledgers = Vec::new();
+    for key in keys {
+        let mut kafka = KafkaConfig {
+            brokers: broker.bootstrap(),
+            ..KafkaConfig::default()
+        };
+        kafka
+            .librdkafka
+            .insert(key.to_owned(), SHORT_DELIVERY_TIMEOUT_MS.to_string());
+        let ledger = Ledger::builder(service.clone())
+            .config(producer_config(&service))
+            .kafka(kafka)
+            .registry_url(harness.registry.url())
+            .build()
+            .await
+            .unwrap();
+        ledger.send_event(connection(&ledger)).await.unwrap();
+        ledgers.push((key, ledger));
+    }
+
+    broker.kill();
+
+    let mut sends = tokio::task::JoinSet::new();
+    for (index, (key, ledger)) in ledgers.into_iter().enumerate() {
+        sends.spawn(async move {
+            let sent =
+                tokio::time::timeout(HANG_GUARD, ledger.send_event(connection(&ledger))).await;
+            (
+                index,
+                key,
+                sent.map(|result| result.map_err(|e| e.to_string())),
+            )
+        });
+    }
+    let mut problems = Vec::new();
+    while let Some(joined) = sends.join_next().await {
+        let (index, key, sent) = joined.unwrap();
+        match sent {
+            Err(_) => problems.push(format!(
+                "producer {index} ({key} = {SHORT_DELIVERY_TIMEOUT_MS}): send() still waiting \
+                 after {HANG_GUARD:?}, so the passthrough value was not applied"
+            )),
+            Ok(Ok(delivered)) => problems.push(format!(
+                "producer {index} ({key}): delivered with the broker gone: {delivered:?}"
+            )),
+            Ok(Err(error)) if !error.to_lowercase().contains("timed out") => problems.push(
+                format!("producer {index} ({key}): error does not name the cause: {error}"),
+            ),
+            Ok(Err(_)) => {}
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 #[tokio::test]

@@ -672,6 +672,98 @@ async fn compatibility_levels_decide_what_may_be_registered() {
     .await;
 }
 
+/// FORWARD_TRANSITIVE against FORWARD on the same history, driven as Confluent's clients do
+/// (`POST /compatibility/...` to check, `POST /subjects/.../versions` to register). Version 1
+/// requires `n`; version 2 gives it a default, so version 1 reads version 2's data. A version 3
+/// without `n` is readable by version 2 (the default fills it in) but not by version 1 (no
+/// default): FORWARD, which checks the latest version only, takes it; FORWARD_TRANSITIVE, which
+/// checks every version, must refuse it and name version 1.
+#[tokio::test]
+async fn forward_transitive_checks_every_version_and_forward_only_the_latest() {
+    let registry = start_registry();
+    let api = Api::new(&registry);
+    let v1 = record(&format!("{ID},{N_REQUIRED}"));
+    let v2 = record(&format!("{ID},{N_DEFAULTED}"));
+    let v3 = record(ID);
+    // Readable by every earlier version: an extra field old readers skip, `n` still written.
+    let v3_compatible = record(&format!(
+        r#"{ID},{N_DEFAULTED},{{"name":"m","type":"long","default":0}}"#
+    ));
+
+    for (subject, level) in [
+        ("transitive", "FORWARD_TRANSITIVE"),
+        ("latest-only", "FORWARD"),
+    ] {
+        api.set_level(subject, level).await;
+        // v2 is forward compatible with v1, so both levels take it.
+        api.register(subject, &v1).await;
+        api.register(subject, &v2).await;
+        assert_eq!(
+            api.get(&format!("/subjects/{subject}/versions")).await,
+            (200, json!([1, 2])),
+            "{level}"
+        );
+    }
+
+    // The check a client makes before registering: latest means every version when transitive.
+    assert_eq!(
+        api.post(
+            "/compatibility/subjects/transitive/versions/latest",
+            json!({ "schema": v3 })
+        )
+        .await,
+        (200, json!({"is_compatible": false}))
+    );
+    assert_eq!(
+        api.post(
+            "/compatibility/subjects/latest-only/versions/latest",
+            json!({ "schema": v3 })
+        )
+        .await,
+        (200, json!({"is_compatible": true}))
+    );
+
+    let refused = api.try_register("transitive", &v3).await;
+    let message = refused.1["message"].as_str().unwrap_or_default().to_owned();
+    assert_error(refused, 409, 409);
+    assert!(message.contains("version 1"), "{message}");
+    assert!(
+        !message.contains("version 2"),
+        "version 2 reads v3: {message}"
+    );
+    assert!(message.contains("'n'"), "{message}");
+    assert_eq!(
+        api.get("/subjects/transitive/versions").await,
+        (200, json!([1, 2])),
+        "a refused schema registers nothing"
+    );
+
+    // FORWARD takes the same schema on the same history.
+    let (status, body) = api.try_register("latest-only", &v3).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        api.get("/subjects/latest-only/versions/latest").await.1["version"],
+        3
+    );
+
+    // FORWARD_TRANSITIVE refuses only what breaks a reader: a v3 every version reads is taken.
+    let (status, body) = api.try_register("transitive", &v3_compatible).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        api.get("/subjects/transitive/versions").await,
+        (200, json!([1, 2, 3]))
+    );
+    // And the level alone decided: once the subject is FORWARD, v3 goes in after v3_compatible
+    // (which reads it through its defaults), though version 1 still cannot.
+    api.set_level("transitive", "FORWARD").await;
+    let (status, body) = api.try_register("transitive", &v3).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        api.get("/subjects/transitive/versions").await,
+        (200, json!([1, 2, 3, 4]))
+    );
+}
+
 #[tokio::test]
 async fn compatibility_endpoint_checks_one_version_or_the_latest() {
     let registry = start_registry();

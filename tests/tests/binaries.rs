@@ -1,0 +1,387 @@
+//! Every binary, started with a bad configuration, exits non-zero on its own, within a bound,
+//! and its error report (the `Error:` block `main` prints) names what is wrong: the key, with
+//! its section, or the broker address it could not reach. Three kinds of bad configuration:
+//! an unknown key, a bad value (of the wrong type, or one `validate()` refuses) and an
+//! unreachable broker (a closed loopback port).
+//!
+//! Each run gets its own `ledgerline.toml` through `LEDGERLINE_CONFIG`, in its own working
+//! directory, with every other `LEDGERLINE_*` variable, `RUST_LOG` and `RUST_BACKTRACE`
+//! removed, so nothing from the developer's shell or the harness reaches the binary.
+//!
+//! How the binaries are found: they belong to other packages, whose `CARGO_BIN_EXE_*` this
+//! package cannot see, and `cargo test -p ledgerline-tests` does not build them. So the first
+//! test to need one runs `cargo build` for all three (the cargo running the tests, with the
+//! target directory and profile this test binary was built with) and takes them from that
+//! profile's directory. Building every time also means a stale binary from an earlier build
+//! is never the one tested; when nothing changed it takes about a second.
+
+// Test helpers may panic: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ledgerline_tests::process::{self, ManagedChild};
+use ledgerline_tests::{names, Harness};
+
+/// The consumer binary's subcommand for the projector (`clickhouse` is its old alias). The one
+/// place to change when it is renamed.
+const CONSUMER_SUBCOMMAND: &str = "projector";
+
+/// A configuration error is found before any I/O; this only bounds a hang.
+const CONFIG_ERROR_BOUND: Duration = Duration::from_secs(30);
+
+/// An unreachable broker must end the process by itself, however the binary waits for it
+/// (admin timeouts are 10 s); longer than this is a process that retries forever.
+const UNREACHABLE_BROKER_BOUND: Duration = Duration::from_secs(60);
+
+/// `(package, binary)` for every binary under test, built together.
+const BINARIES: &[(&str, &str)] = &[
+    ("ledgerline-registry", "ledgerline-registry"),
+    ("ledgerline-service", "ledgerline-admin"),
+    ("ledgerline-consumers", "ledgerline-consumer"),
+];
+
+/// Builds [`BINARIES`] once per test process and returns the directory that holds them.
+fn binary_dir() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = DIR.get_or_init(|| {
+        // This test runs as `<target dir>/<profile dir>/deps/binaries-<hash>`.
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| format!("unexpected test binary path {}", exe.display()))?;
+        let target_dir = profile_dir
+            .parent()
+            .ok_or_else(|| format!("unexpected test binary path {}", exe.display()))?;
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+            None => return Err(format!("no profile directory in {}", exe.display())),
+        };
+        let cargo = std::env::var_os("CARGO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("cargo"));
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or("no workspace directory")?;
+        let mut command = Command::new(&cargo);
+        command
+            .current_dir(workspace)
+            .arg("build")
+            .arg("--quiet")
+            .arg("--profile")
+            .arg(&profile)
+            .arg("--target-dir")
+            .arg(target_dir);
+        for (package, binary) in BINARIES {
+            command.args(["-p", package, "--bin", binary]);
+        }
+        let output = command
+            .output()
+            .map_err(|e| format!("failed to run {}: {e}", cargo.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{command:?} failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(profile_dir.to_owned())
+    });
+    match built {
+        Ok(dir) => dir,
+        Err(error) => panic!("could not build the binaries under test: {error}"),
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = binary_dir().join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// How a run ended.
+struct Run {
+    status: ExitStatus,
+    /// Everything the process wrote, stdout and stderr.
+    output: String,
+}
+
+impl Run {
+    /// The error report `main` printed on its way out (`Error: ...` and its causes), without
+    /// the log lines before it.
+    fn error_report(&self) -> &str {
+        self.output
+            .rfind("Error: ")
+            .map_or("", |start| &self.output[start..])
+    }
+
+    /// Asserts a non-zero exit (not a signal) whose error report contains every one of `names`.
+    #[track_caller]
+    fn assert_failed_naming(&self, what: &str, names: &[&str]) {
+        assert!(
+            !self.status.success() && self.status.code().is_some(),
+            "{what}: expected a non-zero exit, got {}; output:\n{}",
+            self.status,
+            self.output
+        );
+        let report = self.error_report();
+        assert!(
+            !report.is_empty(),
+            "{what}: no `Error:` report in the output:\n{}",
+            self.output
+        );
+        for name in names {
+            assert!(
+                report.contains(name),
+                "{what}: the error report does not name `{name}`:\n{report}\n(full output:\n{})",
+                self.output
+            );
+        }
+    }
+}
+
+/// Runs `binary args` with `config` as its `ledgerline.toml` and waits up to `bound` for it to
+/// exit. A process still running then is killed, and the test fails saying so.
+fn run(binary_name: &str, args: &[&str], config: &str, bound: Duration) -> Run {
+    let dir = process::scratch_dir("binary-").unwrap();
+    let config_path = dir.path().join("ledgerline.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = dir.path().join("output.log");
+    let mut command = Command::new(binary(binary_name));
+    command.args(args).current_dir(dir.path());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LEDGERLINE_") {
+            command.env_remove(&name);
+        }
+    }
+    // No log filter and no backtraces from the caller's shell: the report is the message alone.
+    command
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env(ledgerline_service::env::CONFIG_PATH, &config_path);
+    let mut child = ManagedChild::spawn(binary_name, command, &log).unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.exit_status() {
+            break status;
+        }
+        if started.elapsed() > bound {
+            child.kill();
+            panic!(
+                "`{binary_name} {}` was still running after {bound:?} with\n{config}\noutput:\n{}",
+                args.join(" "),
+                process::tail(&log, 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run {
+        status,
+        output: std::fs::read_to_string(&log).unwrap_or_default(),
+    }
+}
+
+/// `127.0.0.1:<port>` with nothing listening: connections are refused at once.
+fn closed_address() -> String {
+    format!("127.0.0.1:{}", process::free_port().unwrap())
+}
+
+/// Runs each `(config, names)` case and checks that it fails naming `names`.
+fn assert_each_fails(binary_name: &str, args: &[&str], cases: &[(&str, &[&str])]) {
+    for (config, names) in cases {
+        let what = format!("`{binary_name} {}` with\n{config}", args.join(" "));
+        run(binary_name, args, config, CONFIG_ERROR_BOUND).assert_failed_naming(&what, names);
+    }
+}
+
+// --- ledgerline-registry ---
+
+#[test]
+fn registry_refuses_an_unknown_key() {
+    assert_each_fails(
+        "ledgerline-registry",
+        &[],
+        &[
+            ("[registry]\ntopik = \"_schemas\"\n", &["registry.topik"]),
+            (
+                "[kafka]\nbrokerz = \"127.0.0.1:9092\"\n",
+                &["kafka.brokerz"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn registry_refuses_a_bad_value() {
+    assert_each_fails(
+        "ledgerline-registry",
+        &[],
+        &[
+            // Wrong type: an address is a string.
+            ("[registry]\nlisten = 8081\n", &["registry.listen"]),
+            // Parses, but validate() refuses it.
+            (
+                "[registry]\ntopic = \"not a topic\"\n",
+                &["registry.topic", "not a topic"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn registry_exits_naming_an_unreachable_broker() {
+    let address = closed_address();
+    let config = format!(
+        "[kafka]\nbrokers = \"{address}\"\n[registry]\nlisten = \"127.0.0.1:0\"\ntopic = \"{}\"\n",
+        names::unique("schemas")
+    );
+    run(
+        "ledgerline-registry",
+        &[],
+        &config,
+        UNREACHABLE_BROKER_BOUND,
+    )
+    .assert_failed_naming(
+        "ledgerline-registry with an unreachable broker",
+        &[&address],
+    );
+}
+
+// --- ledgerline-admin ---
+
+const ADMIN_HEALTH: &[&str] = &["kafka-health", "--timeout-secs", "3"];
+
+#[test]
+fn admin_refuses_an_unknown_key() {
+    assert_each_fails(
+        "ledgerline-admin",
+        ADMIN_HEALTH,
+        &[
+            (
+                "[kafka]\nbrokerz = \"127.0.0.1:9092\"\n",
+                &["kafka.brokerz"],
+            ),
+            // An unknown section is as much a typo as an unknown key.
+            ("[kafak]\nbrokers = \"127.0.0.1:9092\"\n", &["kafak"]),
+        ],
+    );
+}
+
+#[test]
+fn admin_refuses_a_bad_value() {
+    assert_each_fails(
+        "ledgerline-admin",
+        ADMIN_HEALTH,
+        &[
+            // Wrong type: not one of the compression names.
+            (
+                "[kafka]\ncompression = \"brotli\"\n",
+                &["kafka.compression"],
+            ),
+            // Parses, but validate() refuses it.
+            ("[kafka]\nbrokers = \" , \"\n", &["kafka.brokers"]),
+            (
+                "[kafka]\nsecurity_protocol = \"sasl_ssl\"\n",
+                &["kafka.sasl"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn admin_exits_naming_an_unreachable_broker() {
+    let address = closed_address();
+    let config = format!("[kafka]\nbrokers = \"{address}\"\n");
+    let topic = names::topic();
+    let commands: [&[&str]; 2] = [ADMIN_HEALTH, &["create-topics", topic.as_str()]];
+    for args in commands {
+        let what = format!(
+            "`ledgerline-admin {}` with an unreachable broker",
+            args.join(" ")
+        );
+        run("ledgerline-admin", args, &config, UNREACHABLE_BROKER_BOUND)
+            .assert_failed_naming(&what, &[&address]);
+    }
+}
+
+// --- ledgerline-consumer ---
+
+#[test]
+fn consumer_refuses_an_unknown_key() {
+    assert_each_fails(
+        "ledgerline-consumer",
+        &[CONSUMER_SUBCOMMAND],
+        &[
+            ("[projector]\ngrup_id = \"g\"\n", &["projector.grup_id"]),
+            (
+                "[kafka]\nbrokerz = \"127.0.0.1:9092\"\n",
+                &["kafka.brokerz"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn consumer_refuses_a_bad_value() {
+    assert_each_fails(
+        "ledgerline-consumer",
+        &[CONSUMER_SUBCOMMAND],
+        &[
+            // Wrong type.
+            (
+                "[projector]\nbatch_max_events = \"many\"\n",
+                &["projector.batch_max_events"],
+            ),
+            // Parses, but validate() refuses it.
+            (
+                "[projector]\nbatch_max_events = 0\n",
+                &["projector.batch_max_events"],
+            ),
+        ],
+    );
+}
+
+/// Everything else reachable (the shared ClickHouse and registry), so the broker is the only
+/// thing that can stop the consumer.
+#[test]
+fn consumer_exits_naming_an_unreachable_broker() {
+    let harness = Harness::shared().unwrap();
+    let address = closed_address();
+    let config = format!(
+        "[kafka]
+brokers = \"{address}\"
+
+[schema_registry]
+url = \"{registry}\"
+
+[projector]
+group_id = \"{group}\"
+listen = \"127.0.0.1:0\"
+
+[projector.clickhouse]
+url = \"{clickhouse}\"
+user = \"default\"
+database = \"{database}\"
+",
+        registry = harness.registry.url(),
+        clickhouse = harness.clickhouse.url(),
+        database = names::database(),
+        group = names::group(),
+    );
+    run(
+        "ledgerline-consumer",
+        &[CONSUMER_SUBCOMMAND],
+        &config,
+        UNREACHABLE_BROKER_BOUND,
+    )
+    .assert_failed_naming(
+        &format!("`ledgerline-consumer {CONSUMER_SUBCOMMAND}` with an unreachable broker"),
+        &[&address],
+    );
+}
