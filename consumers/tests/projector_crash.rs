@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use ledgerline_consumers::clickhouse::ClickHouseConfig;
 use ledgerline_consumers::projector::{queries, EventFilter};
 use ledgerline_producer::event::{ConnectionPhase, JobStatus, Level, Outcome};
-use ledgerline_producer::{Ledger, ProducerConfig};
+use ledgerline_producer::ProducerConfig;
 use ledgerline_schemas::Category;
 use ledgerline_tests::process::ManagedChild;
-use ledgerline_tests::{names, Broker, BrokerStorage, Harness, RegistryServer};
+use ledgerline_tests::{names, Broker};
 
 const EVENTS: u64 = 100_000;
 /// Three in four events are stored; every fourth is a session event, which never is.
@@ -43,7 +43,7 @@ const MAX_KILLS: u32 = 6;
 const INSTANCE_ID: &str = "crash-test-projector";
 
 mod support;
-use support::{count, free_listen_address, projector_command, written_by};
+use support::{count, free_listen_address, projector_command, written_by, ProcessStack};
 
 /// A pseudo-random duration below `max`, printed by the caller so a failing run can be
 /// reasoned about.
@@ -54,25 +54,9 @@ fn jitter(max: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
-    let harness = Harness::shared().unwrap();
-    let broker = Broker::start(BrokerStorage::Sqlite).unwrap();
-    let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
-    let clickhouse = ClickHouseConfig {
-        url: harness.clickhouse.url(),
-        user: "default".to_owned(),
-        database: names::database(),
-        ..ClickHouseConfig::default()
-    };
-    let ledger = Ledger::builder("crash-test")
-        .config(ProducerConfig {
-            service_name: "crash-test".to_owned(),
-            ..ProducerConfig::default()
-        })
-        .brokers(broker.bootstrap())
-        .registry_url(registry.url())
-        .build()
-        .await
-        .unwrap();
+    let stack = ProcessStack::start();
+    let (broker, registry, clickhouse) = (&stack.broker, &stack.registry, &stack.clickhouse);
+    let ledger = stack.ledger("crash-test", ProducerConfig::default()).await;
 
     // The load: all four stored categories and session events, published at a steady rate
     // while the projector is being killed.
@@ -137,9 +121,9 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     while kills < KILLS_DURING_LOAD || (!load.is_finished() && kills < MAX_KILLS) {
         let listen = free_listen_address();
         let mut command = projector_command(
-            &broker,
-            &registry,
-            &clickhouse,
+            broker,
+            registry,
+            clickhouse,
             &group,
             Some(INSTANCE_ID),
             dir.path(),
@@ -151,7 +135,7 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if written_by(&listen).await > 0
-                || count(&clickhouse, &everything).await >= STORED_EVENTS
+                || count(clickhouse, &everything).await >= STORED_EVENTS
             {
                 break;
             }
@@ -178,7 +162,7 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
         eprintln!(
             "kill {kills} ({delay:?} after progress, load {}): {} events stored",
             if during_load { "running" } else { "done" },
-            count(&clickhouse, &everything).await
+            count(clickhouse, &everything).await
         );
     }
     let stats = load.await.unwrap();
@@ -190,9 +174,9 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
 
     let listen = free_listen_address();
     let mut command = projector_command(
-        &broker,
-        &registry,
-        &clickhouse,
+        broker,
+        registry,
+        clickhouse,
         &group,
         Some(INSTANCE_ID),
         dir.path(),
@@ -202,7 +186,7 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last_report = Instant::now();
     loop {
-        let now = count(&clickhouse, &everything).await;
+        let now = count(clickhouse, &everything).await;
         if now >= STORED_EVENTS || Instant::now() > deadline {
             break;
         }
@@ -246,11 +230,11 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     final_run.terminate(Duration::from_secs(20));
 
     let client = clickhouse.client();
-    if count(&clickhouse, &everything).await != STORED_EVENTS {
-        diagnose(&clickhouse, &broker, &log).await;
+    if count(clickhouse, &everything).await != STORED_EVENTS {
+        diagnose(clickhouse, broker, &log).await;
     }
     assert_eq!(
-        count(&clickhouse, &everything).await,
+        count(clickhouse, &everything).await,
         STORED_EVENTS,
         "count through the API's query"
     );
@@ -260,7 +244,7 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
             ..EventFilter::default()
         };
         assert_eq!(
-            count(&clickhouse, &filter).await,
+            count(clickhouse, &filter).await,
             EVENTS / 4,
             "{category} events"
         );

@@ -17,15 +17,14 @@
 
 use std::time::{Duration, Instant};
 
-use ledgerline_consumers::clickhouse::ClickHouseConfig;
 use ledgerline_consumers::projector::EventFilter;
 use ledgerline_producer::event::Level;
 use ledgerline_producer::{Ledger, ProducerConfig};
+use ledgerline_tests::names;
 use ledgerline_tests::process::ManagedChild;
-use ledgerline_tests::{names, Broker, BrokerStorage, Harness, RegistryServer};
 
 mod support;
-use support::{count, free_listen_address, projector_command};
+use support::{count, free_listen_address, projector_command, ProcessStack};
 
 async fn publish(ledger: &Ledger, from: u64, to: u64) {
     for n in from..to {
@@ -62,39 +61,24 @@ async fn consumer_health(listen: &str) -> Option<Result<(), String>> {
 /// to store events published after the restart, with every `/health` failure it showed
 /// meanwhile.
 async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
-    let harness = Harness::shared().unwrap();
-    let broker = Broker::start(BrokerStorage::Sqlite).unwrap();
-    let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
-    let clickhouse = ClickHouseConfig {
-        url: harness.clickhouse.url(),
-        user: "default".to_owned(),
-        database: names::database(),
-        ..ClickHouseConfig::default()
-    };
-    let ledger = Ledger::builder("restart-test")
-        .config(ProducerConfig {
-            service_name: "restart-test".to_owned(),
-            linger_ms: 1,
-            ..ProducerConfig::default()
-        })
-        .brokers(broker.bootstrap())
-        .registry_url(registry.url())
-        .build()
-        .await
-        .unwrap();
+    let stack = ProcessStack::start();
+    let (broker, registry, clickhouse) = (&stack.broker, &stack.registry, &stack.clickhouse);
+    let ledger = stack
+        .ledger(
+            "restart-test",
+            ProducerConfig {
+                linger_ms: 1,
+                ..ProducerConfig::default()
+            },
+        )
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("projector.log");
     let group = names::group();
     let everything = EventFilter::default();
     let start = |listen: &str| {
-        let mut command = projector_command(
-            &broker,
-            &registry,
-            &clickhouse,
-            &group,
-            instance,
-            dir.path(),
-        );
+        let mut command =
+            projector_command(broker, registry, clickhouse, &group, instance, dir.path());
         command.env("LEDGERLINE_PROJECTOR__LISTEN", listen);
         ManagedChild::spawn("projector", command, &log).unwrap()
     };
@@ -102,7 +86,7 @@ async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
     let mut first = start(&free_listen_address());
     publish(&ledger, 0, 100).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&clickhouse, &everything).await < 100 {
+    while count(clickhouse, &everything).await < 100 {
         assert!(
             Instant::now() < deadline,
             "the first run stored nothing: {}",
@@ -118,7 +102,7 @@ async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
 
     let mut failures = Vec::new();
     let deadline = restarted + Duration::from_secs(90);
-    while count(&clickhouse, &everything).await < 200 {
+    while count(clickhouse, &everything).await < 200 {
         if let Some(Err(failure)) = consumer_health(&listen).await {
             if failures.last() != Some(&failure) {
                 failures.push(failure);
@@ -138,7 +122,7 @@ async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
     }
     let took = restarted.elapsed();
     eprintln!("consuming again {took:?} after the restart; /health said {failures:?}");
-    assert_eq!(count(&clickhouse, &everything).await, 200);
+    assert_eq!(count(clickhouse, &everything).await, 200);
     second.terminate(Duration::from_secs(20));
     (took, failures)
 }

@@ -8,8 +8,51 @@ use std::process::Command;
 
 use ledgerline_consumers::clickhouse::ClickHouseConfig;
 use ledgerline_consumers::projector::{queries, EventFilter};
-use ledgerline_tests::{Broker, RegistryServer};
+use ledgerline_producer::{Ledger, ProducerConfig};
+use ledgerline_tests::{names, Broker, BrokerStorage, Harness, RegistryServer};
 use secrecy::ExposeSecret;
+
+/// A SQLite-engine broker (projector processes are killed and resume inside producer
+/// batches: see `projector_crash.rs`), a registry on it, and a random database on the shared
+/// ClickHouse.
+pub struct ProcessStack {
+    pub broker: Broker,
+    pub registry: RegistryServer,
+    pub clickhouse: ClickHouseConfig,
+}
+
+impl ProcessStack {
+    pub fn start() -> Self {
+        let harness = Harness::shared().unwrap();
+        let broker = Broker::start(BrokerStorage::Sqlite).unwrap();
+        let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
+        let clickhouse = ClickHouseConfig {
+            url: harness.clickhouse.url(),
+            user: "default".to_owned(),
+            database: names::database(),
+            ..ClickHouseConfig::default()
+        };
+        Self {
+            broker,
+            registry,
+            clickhouse,
+        }
+    }
+
+    /// A producer publishing as `service`.
+    pub async fn ledger(&self, service: &str, config: ProducerConfig) -> Ledger {
+        Ledger::builder(service)
+            .config(ProducerConfig {
+                service_name: service.to_owned(),
+                ..config
+            })
+            .brokers(self.broker.bootstrap())
+            .registry_url(self.registry.url())
+            .build()
+            .await
+            .unwrap()
+    }
+}
 
 /// `ledgerline-consumer projector` configured through the environment, as an operator would,
 /// for a test's broker, registry and ClickHouse database; with static group membership when
