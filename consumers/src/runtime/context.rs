@@ -125,7 +125,9 @@ impl<P: Send + Sync + 'static> RuntimeContext<P> {
 
     /// Records `partitions` as assigned and asks the sink where to start them. Blocks the
     /// calling thread (the reader, or librdkafka's callback on it) until the writer answered;
-    /// an empty answer once the writer is gone (shutdown).
+    /// an empty answer once the writer is gone (shutdown). The answer is then committed as it
+    /// is (group mode), in order with the batches: otherwise a partition with nothing new to
+    /// read would keep an older committed offset, and its lag, for good.
     pub(super) fn assigned(&self, partitions: Vec<TopicPartition>) -> Positions {
         self.assignments.assign(&partitions);
         let (reply, answer) = oneshot::channel();
@@ -136,7 +138,18 @@ impl<P: Send + Sync + 'static> RuntimeContext<P> {
         {
             return Positions::new();
         }
-        self.runtime.block_on(answer).unwrap_or_default()
+        let positions = self.runtime.block_on(answer).unwrap_or_default();
+        let commits: Vec<(TopicPartition, u64, i64)> = positions
+            .iter()
+            .filter_map(|(partition, next)| {
+                let generation = self.assignments.generation(partition)?;
+                Some((partition.clone(), generation, *next))
+            })
+            .collect();
+        if !commits.is_empty() {
+            let _ = self.work.send(Work::Commit(commits));
+        }
+        positions
     }
 
     /// Records `partitions` as revoked and waits until the writer settled every batch read

@@ -23,6 +23,10 @@ pub(super) enum Work<P> {
         partitions: Vec<TopicPartition>,
         reply: oneshot::Sender<Positions>,
     },
+    /// Commit these positions as they are (the sink's own positions of newly assigned
+    /// partitions), so the group's committed offsets, and the lag measured from them, agree
+    /// with where the consumer reads even when nothing new arrives to be committed.
+    Commit(Vec<(TopicPartition, u64, i64)>),
     /// Partitions were revoked: every earlier batch is settled by now; tell the sink.
     Revoked {
         partitions: Vec<TopicPartition>,
@@ -91,6 +95,17 @@ impl<S: Sink> Writer<S> {
                 }
                 Work::Assigned { partitions, reply } => {
                     let _ = reply.send(self.positions(&partitions).await);
+                }
+                Work::Commit(positions) => {
+                    if self.commits {
+                        commit(
+                            &self.consumer,
+                            &self.assignments,
+                            &self.consumer_name,
+                            positions,
+                        )
+                        .await;
+                    }
                 }
                 Work::Revoked { partitions, reply } => {
                     self.sink.on_revoke(&partitions).await;
