@@ -27,6 +27,8 @@ use super::writer::{first_backoff, wait_to_retry, ReadBatch, Work};
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How often a broadcast consumer looks for new topics and partitions.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+/// A partition's share of a batch is allocated for this many records up front at most.
+const PREALLOCATED_RECORDS: usize = 4096;
 /// Longest wait for a metadata or offset lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,6 +71,10 @@ enum Outcome {
 impl<S: Sink> Reader<S> {
     /// Reads until shutdown, then hands over the last batch and tells the writer to stop.
     pub(super) fn run(mut self) {
+        // Futures polled here outside `block_on` (see `run_now`) may start I/O, which needs
+        // the runtime's context.
+        let runtime = self.runtime.clone();
+        let _context = runtime.enter();
         let mut last_discovery = Instant::now();
         if let Mode::Broadcast { start } = self.config.mode {
             self.assign_new_partitions(start);
@@ -124,7 +130,7 @@ impl<S: Sink> Reader<S> {
                     self.assign_new_partitions(StartAt::Earliest);
                 }
             }
-            if self.rejoin.swap(false, Ordering::Relaxed) {
+            if self.rejoin.load(Ordering::Relaxed) && self.rejoin.swap(false, Ordering::Relaxed) {
                 self.rejoin_group();
             }
             let wait = deadline.map_or(IDLE_WAIT, |deadline| {
@@ -204,7 +210,8 @@ impl<S: Sink> Reader<S> {
             partition,
             generation,
             next: message.offset(),
-            records: Vec::new(),
+            // Records are large; growing from nothing copies each of them several times.
+            records: Vec::with_capacity(self.config.batch_max_events.min(PREALLOCATED_RECORDS)),
         });
         slots.len() - 1
     }
@@ -310,8 +317,7 @@ impl<S: Sink> Reader<S> {
         };
         let mut backoff = first_backoff();
         loop {
-            // Ready at once when the schema id is cached, which is nearly always.
-            match self.runtime.block_on(self.codec.decode(category, value)) {
+            match self.run_now(self.codec.decode(category, value)) {
                 Ok(event) => {
                     return Some(event.validate().map(|()| event).map_err(|error| Rejection {
                         reason: "invalid_event",
@@ -333,6 +339,18 @@ impl<S: Sink> Reader<S> {
                     }
                 },
             }
+        }
+    }
+
+    /// Runs `future` to completion on this thread. Decoding is ready at the first poll when
+    /// the schema id is cached, which is nearly always: that poll costs nothing, where
+    /// entering the runtime for every record cost the projector several percent.
+    fn run_now<F: std::future::Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => self.runtime.block_on(future),
         }
     }
 
