@@ -15,7 +15,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use ledgerline_consumers::clickhouse::migrate;
 use ledgerline_consumers::clickhouse::ClickHouseConfig;
+use ledgerline_consumers::projector::schema::MIGRATIONS;
 use ledgerline_consumers::projector::{queries, EventFilter};
 use ledgerline_producer::event::{ConnectionPhase, JobStatus, Level, Outcome};
 use ledgerline_producer::ProducerConfig;
@@ -57,6 +59,20 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     let stack = ProcessStack::start();
     let (broker, registry, clickhouse) = (&stack.broker, &stack.registry, &stack.clickhouse);
     let ledger = stack.ledger("crash-test", ProducerConfig::default()).await;
+    // The tables exist before the first run, with merges off: a `ReplacingMergeTree` merge
+    // would remove exactly the duplicate rows the end of this test counts.
+    let admin = clickhouse.client();
+    migrate(&admin, &clickhouse.database, MIGRATIONS)
+        .await
+        .unwrap();
+    admin
+        .query_raw(&format!(
+            "SYSTEM STOP MERGES {}.events",
+            clickhouse.database
+        ))
+        .execute()
+        .await
+        .unwrap();
 
     // The load: all four stored categories and session events, published at a steady rate
     // while the projector is being killed.

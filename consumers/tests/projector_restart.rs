@@ -137,9 +137,12 @@ async fn a_static_member_killed_and_restarted_at_once_consumes_within_30_seconds
 async fn a_dynamic_member_killed_and_restarted_at_once_recovers_and_says_so_meanwhile() {
     let (took, failures) = kill_and_restart(None).await;
     assert!(took < Duration::from_secs(30), "took {took:?}");
-    // The watchdog reports a stall after 10 s without progress, measured every 5 s: a
-    // restarted member that could not consume for longer must have said so.
-    if took > Duration::from_secs(16) {
+    // Tansu 0.6.0 leaves this member without partitions until the watchdog rejoins, which it
+    // does only after reporting a stall (10 s without progress, measured every 5 s, so the
+    // report stands at least until the next measurement). Recovery that took this long went
+    // through the watchdog, and `/health` must have said why meanwhile. (A broker that
+    // assigns at once, as Kafka does, recovers in a few seconds and skips this.)
+    if took > Duration::from_secs(12) {
         assert!(
             failures
                 .iter()

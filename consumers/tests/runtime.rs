@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ledgerline_consumers::runtime::{
-    self, ConsumerSettings, PartitionBatch, Positions, Record, RuntimeConfig, Sink, SinkError,
-    StartAt, TopicPartition,
+    self, BadRecords, ConsumerSettings, PartitionBatch, Positions, Record, RuntimeConfig, Sink,
+    SinkError, StartAt, TopicPartition,
 };
 use ledgerline_producer::event::JobStatus;
 use ledgerline_producer::{Ledger, ProducerConfig};
@@ -218,52 +218,200 @@ fn ticks(range: std::ops::Range<u64>) -> Vec<String> {
     ticks
 }
 
+/// Milliseconds since the Unix epoch, as Kafka timestamps count.
+fn now_millis() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// Produces `value` as it is (not a Ledgerline event) to partition 0 of the topic.
+async fn produce_raw(stack: &Stack, value: &[u8]) {
+    let producer: rdkafka::producer::FutureProducer =
+        stack.broker.producer_config().create().unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<(), _>::to(TOPIC)
+                .partition(0)
+                .payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_readers_each_see_every_record_from_their_start() {
     let stack = Stack::start(BrokerStorage::Sqlite);
     let ledger = stack.ledger().await;
     publish(&ledger, 0, 100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let since = now_millis();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(&ledger, 100, 150).await;
+    // Not a Ledgerline event: broadcast readers count and skip it (a reader that handed it to
+    // this test's sink would fail the test: `keep` expects events).
+    produce_raw(&stack, b"not avro").await;
 
-    let (latest, earliest, also_earliest) =
-        (Collect::default(), Collect::default(), Collect::default());
+    let [latest, earliest, also_earliest, from_time] = [(); 4].map(|()| Collect::default());
     let broadcast =
         |start| RuntimeConfig::broadcast("fanout", vec![TOPIC.to_owned()], start, &settings(50));
-    let (stop_latest, latest_task) = stack.run(broadcast(StartAt::Latest), latest.clone());
-    let (stop_a, task_a) = stack.run(broadcast(StartAt::Earliest), earliest.clone());
-    let (stop_b, task_b) = stack.run(broadcast(StartAt::Earliest), also_earliest.clone());
-    // Both earliest readers have the history, so every partition is assigned everywhere.
-    wait_for(30, "earliest readers read the history", || {
-        earliest.len() >= 100 && also_earliest.len() >= 100
-    })
+    let readers = [
+        stack.run(broadcast(StartAt::Latest), latest.clone()),
+        stack.run(broadcast(StartAt::Earliest), earliest.clone()),
+        stack.run(broadcast(StartAt::Earliest), also_earliest.clone()),
+        stack.run(broadcast(StartAt::Timestamp(since)), from_time.clone()),
+    ];
+    wait_for(
+        30,
+        "the earliest and timestamp readers read the history",
+        || earliest.len() >= 150 && also_earliest.len() >= 150 && from_time.len() >= 50,
+    )
     .await;
-    // The latest reader started at the end, which a record published now lands after; give
-    // it a moment past its assignment.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    publish(&ledger, 100, 200).await;
+    // The latest reader starts at the end once it has its partitions: probe until it sees a
+    // record, so what follows is published after its start whatever the machine's speed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut probes = 0;
+    while latest.len() == 0 {
+        assert!(Instant::now() < deadline, "the latest reader never read");
+        ledger
+            .job(
+                "job.probe",
+                "job-probe",
+                "test",
+                "Probe",
+                JobStatus::Running,
+            )
+            .message(format!("probe {probes}"))
+            .publish()
+            .await
+            .unwrap();
+        ledger.flush(Duration::from_secs(10)).await.unwrap();
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    publish(&ledger, 150, 250).await;
+    let ticks_of = |collect: &Collect| {
+        let mut messages = collect.messages();
+        messages.retain(|message| message.starts_with("tick "));
+        messages
+    };
     wait_for(30, "every reader read the new records", || {
-        latest.len() >= 100 && earliest.len() >= 200 && also_earliest.len() >= 200
+        ticks_of(&latest).len() >= 100
+            && ticks_of(&earliest).len() >= 250
+            && ticks_of(&also_earliest).len() >= 250
+            && ticks_of(&from_time).len() >= 150
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    assert_eq!(earliest.messages(), ticks(0..200));
-    assert_eq!(also_earliest.messages(), ticks(0..200));
+    assert_eq!(ticks_of(&earliest), ticks(0..250));
+    assert_eq!(ticks_of(&also_earliest), ticks(0..250));
     assert_eq!(
-        latest.messages(),
-        ticks(100..200),
+        ticks_of(&from_time),
+        ticks(100..250),
+        "a timestamp starts at the first record at or after it"
+    );
+    assert_eq!(
+        ticks_of(&latest),
+        ticks(150..250),
         "latest starts at the end"
     );
-    for (stop, task) in [
-        (stop_latest, latest_task),
-        (stop_a, task_a),
-        (stop_b, task_b),
-    ] {
+    for (stop, task) in readers {
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(20), task)
             .await
             .unwrap()
             .unwrap();
     }
+}
+
+/// What [`KeepAll`] keeps of each record: offset, rejection reason, value.
+type Kept = Vec<(i64, Option<&'static str>, Vec<u8>)>;
+
+/// Keeps what it is handed, rejected records too.
+#[derive(Clone, Default)]
+struct KeepAll(Arc<Mutex<Kept>>);
+
+fn keep_all(_: &TopicPartition, records: Vec<Record>) -> Kept {
+    records
+        .into_iter()
+        .map(|record| {
+            let reason = record.event.err().map(|rejection| rejection.reason);
+            (record.offset, reason, record.value)
+        })
+        .collect()
+}
+
+impl Sink for KeepAll {
+    type Prepared = Kept;
+    type Preparer = fn(&TopicPartition, Vec<Record>) -> Kept;
+
+    fn preparer(&self) -> Self::Preparer {
+        keep_all
+    }
+
+    async fn write(&mut self, batch: &[PartitionBatch<Kept>]) -> Result<(), SinkError> {
+        let mut kept = self.0.lock().unwrap();
+        for unit in batch {
+            kept.extend(unit.prepared.iter().cloned());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_rejects_reach_the_sink_with_their_reason_and_bytes() {
+    let stack = Stack::start(BrokerStorage::Sqlite);
+    let ledger = stack.ledger().await;
+    publish(&ledger, 0, 3).await;
+    produce_raw(&stack, b"\x00\x00\x00\x00\x07garbage").await;
+    produce_raw(&stack, b"plain text").await;
+    let kept = KeepAll::default();
+    let config = RuntimeConfig {
+        bad_records: BadRecords::Deliver,
+        ..RuntimeConfig::group("archiver", vec![TOPIC.to_owned()], &settings(50), "unused")
+    };
+    let (stop, task) = stack.run(config, kept.clone());
+    wait_for(30, "every record reached the sink", || {
+        kept.0.lock().unwrap().len() >= 5
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = kept.0.lock().unwrap();
+    assert_eq!(kept.len(), 5);
+    let rejected: Vec<(Option<&str>, &[u8])> = kept
+        .iter()
+        .filter(|(_, reason, _)| reason.is_some())
+        .map(|(_, reason, value)| (*reason, value.as_slice()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (
+                Some("unknown_schema_id"),
+                &b"\x00\x00\x00\x00\x07garbage"[..]
+            ),
+            (Some("bad_magic_byte"), &b"plain text"[..]),
+        ],
+        "the bytes exactly as received, with why they hold no event"
+    );
+    // Nothing was dead-lettered: this consumer keeps its rejects.
+    let consumer: BaseConsumer = stack.broker.client_config().create().unwrap();
+    let dead_letters = consumer
+        .fetch_watermarks(
+            ledgerline_schemas::topics::DLQ_TOPIC,
+            0,
+            Duration::from_secs(5),
+        )
+        .map(|(_, high)| high)
+        .unwrap_or(0);
+    assert_eq!(dead_letters, 0);
 }
 
 /// A store of per-partition hash-chain heads, as the audit archive keeps: each write must
@@ -278,6 +426,8 @@ struct Chain {
     /// Units that became stale while their write was under way, dropped by the sink's own
     /// check before it made them visible.
     dropped_in_flight: usize,
+    /// `on_revoke` calls per member.
+    revoked_by: HashMap<&'static str, usize>,
 }
 
 struct ChainSink {
@@ -317,6 +467,16 @@ impl Sink for ChainSink {
                     .map(|next| (partition.clone(), *next))
             })
             .collect())
+    }
+
+    async fn on_revoke(&mut self, _partitions: &[TopicPartition]) {
+        *self
+            .chain
+            .lock()
+            .unwrap()
+            .revoked_by
+            .entry(self.member)
+            .or_default() += 1;
     }
 
     async fn write(&mut self, batch: &[PartitionBatch<Vec<i64>>]) -> Result<(), SinkError> {
@@ -434,6 +594,11 @@ async fn a_fenced_sink_is_never_handed_a_lost_partitions_batch() {
         chain.dropped_in_flight > 0,
         "the stalled member lost its partitions while writing (writes: {:?})",
         chain.writes_by
+    );
+    assert!(
+        chain.revoked_by.get("a").copied().unwrap_or(0) > 0,
+        "the stalled member's sink was told it lost its partitions: {:?}",
+        chain.revoked_by
     );
     let total: i64 = high.values().sum();
     assert_eq!(total, 3_000, "the load published 3,000 events");

@@ -79,17 +79,18 @@ start_process() {
 
 # stop_process NAME: SIGTERM, then SIGKILL after 15 s; removes the pid file.
 stop_process() {
-  local name="$1" pid
+  local name="$1" pid started=""
   if ! pid="$(pid_of "$name")"; then
     rm -f "$STATE_DIR/run/$name.pid"
     return 0
   fi
+  read -r _ started <"$STATE_DIR/run/$name.pid" || true
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 150); do
-    is_live "$pid" || break
+    is_live "$pid" "$started" || break
     sleep 0.1
   done
-  if is_live "$pid"; then
+  if is_live "$pid" "$started"; then
     log "$name (pid $pid) ignored SIGTERM for 15s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi

@@ -167,7 +167,9 @@ impl ConfigSource {
     /// lost figment's key path, so its errors say only "invalid type" or "unknown field". Each
     /// of the section's values is then tried alone (`#[serde(default)]` fills the rest), down
     /// into nested tables, until one fails by itself: that key, with where its value came from.
-    fn locate<T: DeserializeOwned + Default>(
+    /// This relies on every table of the section being `#[serde(default)]` (all of
+    /// Ledgerline's are), so that a value alone is a complete table.
+    fn locate<T: DeserializeOwned>(
         &self,
         name: &str,
         error: figment::Error,

@@ -13,11 +13,13 @@ use super::migrate::validate_identifier;
 pub struct ClickHouseConfig {
     /// HTTP interface of the server, `http://host:8123` or `https://host:8443`.
     pub url: String,
-    /// The sink's own ClickHouse user; it may write only to `database`.
+    /// The sink's own ClickHouse user; it may write only to `database`. The defaults (user
+    /// `projector`, database `ledgerline`) are the projector's: every other sink must name
+    /// its own.
     pub user: String,
     /// Password of `user`. Never logged.
     pub password: SecretString,
-    /// Database holding `events`, `job_status` and `schema_migrations`; created at start-up
+    /// Database holding the sink's tables and their `schema_migrations`; created at start-up
     /// when missing.
     pub database: String,
     /// How inserts and answers travel: `lz4` (ClickHouse's own block compression) or `none`.
@@ -27,7 +29,7 @@ pub struct ClickHouseConfig {
     pub compression: ClickHouseCompression,
 }
 
-/// `[clickhouse] compression`.
+/// `compression` of a sink's `clickhouse` table.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ClickHouseCompression {

@@ -1,6 +1,7 @@
-//! What the projector's ClickHouse layer reports to its callers.
+//! What the ClickHouse sinks report to their callers, and how each server error is treated.
 
-/// Why a ClickHouse operation of the projector failed.
+/// Why a ClickHouse operation of a sink failed. `MixedInsert` and `InvalidRow` are the
+/// projector's.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClickHouseError {

@@ -100,19 +100,29 @@ impl ProjectorSink {
         first_failure.map_or(Ok(()), Err)
     }
 
-    /// Next offset per partition: one after the greatest stored. Scans the topic's `topic`,
-    /// `partition` and `offset` columns: run on assignment, not per batch.
+    /// Next offset per partition: one after the greatest stored. Scans the `topic`,
+    /// `partition` and `offset` columns of the category's parts: run on assignment, not per
+    /// batch.
     async fn resume_positions(&self, partitions: &[TopicPartition]) -> Result<Positions> {
         let database = validate_identifier(&self.database)?;
         let topics: HashSet<&str> = partitions.iter().map(|p| &*p.topic).collect();
         let mut positions = Positions::new();
         for topic in topics {
+            // The category leads the sort and partition keys: it limits the scan to the
+            // topic's own parts, where `topic` alone would read every part.
+            let Some(category) = Category::ALL
+                .into_iter()
+                .find(|category| category.topic_name() == topic)
+            else {
+                continue;
+            };
             let stored: Vec<(i32, i64)> = self
                 .client
                 .query(&format!(
                     "SELECT `partition`, max(`offset`) FROM {database}.events \
-                     WHERE topic = ? GROUP BY `partition`"
+                     WHERE category = ? AND topic = ? GROUP BY `partition`"
                 ))
+                .bind(category.as_str())
                 .bind(topic)
                 .fetch_all()
                 .await

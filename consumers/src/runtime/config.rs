@@ -49,7 +49,7 @@ pub enum StartAt {
 pub enum BadRecords {
     /// Produced to `ledgerline.dlq` with the reason, then committed past (the projector).
     DeadLetter,
-    /// Counted in `ledgerline_consumer_skipped_total{reason}` and logged. Broadcast consumers
+    /// Counted in `ledgerline_consumer_rejected_total{reason,action="skipped"}` and logged. Broadcast consumers
     /// do this: every replica would write the same dead letter.
     Skip,
     /// Handed to the sink with [`super::Record::event`] set to the rejection, for a sink that

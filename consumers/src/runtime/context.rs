@@ -7,7 +7,7 @@
 //! revocation waits until every batch read before it is settled, so the group hands the
 //! partitions to another member only after this one stopped writing them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +33,10 @@ pub(super) struct Assignments {
 struct AssignmentState {
     assigned: HashMap<TopicPartition, u64>,
     next_generation: u64,
+    /// Being revoked: the callback waits for the writer to settle the batches read before.
+    /// While the sink fails, the writer gives up on these partitions' records (uncommitted,
+    /// their next owner reads them) rather than hold the whole group's rebalance.
+    revoking: HashSet<TopicPartition>,
 }
 
 impl Default for AssignmentState {
@@ -40,6 +44,7 @@ impl Default for AssignmentState {
         Self {
             assigned: HashMap::new(),
             next_generation: 1,
+            revoking: HashSet::new(),
         }
     }
 }
@@ -67,10 +72,19 @@ impl Assignments {
         self.changes.fetch_add(1, Ordering::Release);
     }
 
+    pub(super) fn begin_revoke(&self, partitions: &[TopicPartition]) {
+        self.with(|state| state.revoking.extend(partitions.iter().cloned()));
+    }
+
+    pub(super) fn is_revoking(&self, partition: &TopicPartition) -> bool {
+        self.with(|state| state.revoking.contains(partition))
+    }
+
     pub(super) fn revoke(&self, partitions: &[TopicPartition]) {
         self.with(|state| {
             for partition in partitions {
                 state.assigned.remove(partition);
+                state.revoking.remove(partition);
             }
         });
         self.changes.fetch_add(1, Ordering::Release);
@@ -125,9 +139,9 @@ impl<P: Send + Sync + 'static> RuntimeContext<P> {
 
     /// Records `partitions` as assigned and asks the sink where to start them. Blocks the
     /// calling thread (the reader, or librdkafka's callback on it) until the writer answered;
-    /// an empty answer once the writer is gone (shutdown). The answer is then committed as it
-    /// is (group mode), in order with the batches: otherwise a partition with nothing new to
-    /// read would keep an older committed offset, and its lag, for good.
+    /// an empty answer once the writer is gone (shutdown). Positions ahead of the group's are
+    /// then committed (group mode), in order with the batches: otherwise a partition with
+    /// nothing new to read would keep an older committed offset, and its lag, for good.
     pub(super) fn assigned(&self, partitions: Vec<TopicPartition>) -> Positions {
         self.assignments.assign(&partitions);
         let (reply, answer) = oneshot::channel();
@@ -152,14 +166,23 @@ impl<P: Send + Sync + 'static> RuntimeContext<P> {
         positions
     }
 
-    /// Records `partitions` as revoked and waits until the writer settled every batch read
-    /// before, and told the sink.
+    /// Waits until the writer settled every batch read before (written and committed: the
+    /// group cannot move on while this callback runs, so the partitions are still ours) and
+    /// told the sink, then records `partitions` as revoked.
     pub(super) fn revoked(&self, partitions: Vec<TopicPartition>) {
-        self.assignments.revoke(&partitions);
+        self.assignments.begin_revoke(&partitions);
         let (reply, answer) = oneshot::channel();
-        if self.work.send(Work::Revoked { partitions, reply }).is_ok() {
+        if self
+            .work
+            .send(Work::Revoked {
+                partitions: partitions.clone(),
+                reply,
+            })
+            .is_ok()
+        {
             let _ = self.runtime.block_on(answer);
         }
+        self.assignments.revoke(&partitions);
     }
 }
 

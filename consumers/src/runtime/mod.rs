@@ -34,15 +34,23 @@
 //!   everything that was there).
 //! - **Rebalances reach the sink in order.** The callbacks run on the reader thread, inside
 //!   librdkafka's poll, before the change applies. A revocation waits until every batch read
-//!   before it was written, then calls [`Sink::on_revoke`], and only then lets the group move
-//!   on. An assignment waits for every earlier batch too, then asks the sink for positions, and
-//!   starts the partitions there. Records of a revoked partition still in the batch being read
-//!   are dropped (their next owner reads them again), and a revoked partition's offsets are
-//!   never committed by this member any more (an older commit would rewind its new owner's).
-//! - **Fencing** ([`Sink::FENCED`]). Every assignment of a partition is a new generation. A
-//!   fenced sink never has a batch written for a partition unless the partition is still
-//!   assigned under the generation its records were read in: a batch read before a revocation
-//!   and queued behind another is dropped unwritten.
+//!   before it was written and committed (the group cannot move on while the callback runs, so
+//!   the partitions are still this member's), then calls [`Sink::on_revoke`], and only then
+//!   lets the group move on. If the sink fails meanwhile, the revoked partitions' records are
+//!   given up, uncommitted, for their next owner, rather than hold the whole group's
+//!   rebalance. An assignment waits for every earlier batch too, asks the sink for positions,
+//!   starts the partitions there, and commits the positions that are ahead of the group's.
+//!   Records of a revoked partition still in the batch being read are dropped (their next
+//!   owner reads them again), and a revoked partition's offsets are never committed by this
+//!   member any more (an older commit would rewind its new owner's).
+//! - **Fencing** ([`Sink::FENCED`]). Every assignment of a partition is a new generation, and
+//!   librdkafka knows when the group took the whole assignment away without waiting for this
+//!   member (its session timed out, or the reader did not poll within
+//!   `max.poll.interval.ms`). A fenced sink is never handed a batch of a partition unless the
+//!   partition is still assigned under the generation its records were read in and the
+//!   assignment is not lost: a batch that was queued when the group moved on is dropped
+//!   unwritten. A write already under way cannot be stopped, so a fenced sink checks
+//!   [`PartitionBatch::is_current`] again right before its write becomes visible.
 //! - **Pipelining.** One batch is written (by the writer task) while the next is read, decoded
 //!   and prepared (by the reader thread); batches are written and committed one at a time, in
 //!   the order they were read. The reader starts a batch only once the writer has taken the
@@ -52,11 +60,12 @@
 //!
 //! # Recovery and health
 //! Group members use static membership when `group_instance_id` is set: a restarted member takes
-//! its predecessor's place at once. A watchdog ([`status`]) measures lag every 5 s for every
-//! partition of the topics, assigned or not; a partition whose records wait with no progress
-//! for 10 s makes [`ConsumerStatus::check`] (the `/health` check) fail with the reason, and when
-//! it is not assigned here the member leaves and rejoins the group, which is what brings a group
-//! back after Tansu 0.6.0's coordinator left partitions without an owner.
+//! its predecessor's place at once. A watchdog ([`status`]) measures lag every 5 s (group mode:
+//! every partition of the topics, assigned or not; broadcast mode: the assigned ones); a
+//! partition whose records wait with no progress for 10 s makes [`ConsumerStatus::check`] (the
+//! `/health` check) fail with the reason, and when it is not assigned here (and nothing stalls
+//! here too) the member leaves and rejoins the group, which is what brings a group back after
+//! Tansu 0.6.0's coordinator left partitions without an owner.
 //!
 //! # Metrics
 //! Every series has a `consumer` label (`projector`, `archiver`, `fanout`):
@@ -112,6 +121,8 @@ pub enum RuntimeError {
     Thread(#[from] std::io::Error),
     #[error("the batch writer task failed: {0}")]
     Writer(String),
+    #[error("the reader failed: {0}")]
+    Reader(String),
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -126,6 +137,12 @@ pub async fn run<S: Sink>(
     sink: S,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
+    // Before the consumer: a consumer created and then dropped on an error here would close
+    // (a blocking call) on an async worker.
+    let dead_letters = match config.bad_records {
+        BadRecords::DeadLetter => Some(DeadLetters::new(kafka, &config.consumer)?),
+        BadRecords::Skip | BadRecords::Deliver => None,
+    };
     let runtime = tokio::runtime::Handle::current();
     let (work, queue) = mpsc::unbounded_channel();
     let assignments = Arc::new(Assignments::default());
@@ -142,10 +159,6 @@ pub async fn run<S: Sink>(
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
     }
-    let dead_letters = match config.bad_records {
-        BadRecords::DeadLetter => Some(DeadLetters::new(kafka, &config.consumer)?),
-        BadRecords::Skip | BadRecords::Deliver => None,
-    };
     tracing::info!(consumer = %config.consumer, mode = ?config.mode, topics = ?config.topics, "consumer started");
 
     let rejoin = Arc::new(AtomicBool::new(false));
@@ -193,22 +206,32 @@ pub async fn run<S: Sink>(
         config,
     };
     let name = reader.config.consumer.clone();
+    // A reader that cannot start is dropped with the closure, which tells the writer to stop.
     let reading = std::thread::Builder::new()
         .name(format!("{name}-reader"))
-        .spawn(move || reader.run())?;
+        .spawn(move || reader.run());
     let written = writer
         .await
         .map_err(|error| RuntimeError::Writer(error.to_string()));
     // The writer stops early only at shutdown with an unwritten batch; the reader stops at
     // shutdown too. Joined off the async workers, since joining blocks.
-    let _ = tokio::task::spawn_blocking(move || reading.join()).await;
+    let read = match reading {
+        Ok(thread) => match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RuntimeError::Reader(
+                "the reader thread panicked".to_owned(),
+            )),
+            Err(error) => Err(RuntimeError::Reader(error.to_string())),
+        },
+        Err(error) => Err(RuntimeError::Thread(error)),
+    };
     watch_stop.cancel();
     let _ = watch.await;
     // Closing leaves the group (unless static) and waits for the broker: off the async workers.
     // Its revocation callback finds the writer gone and returns at once.
     let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     tracing::info!(consumer = %name, "consumer stopped");
-    written
+    written.and(read)
 }
 
 /// librdkafka settings of a runtime consumer. Settings `[kafka] librdkafka` names win: they are

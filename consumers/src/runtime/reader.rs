@@ -48,6 +48,14 @@ pub(super) struct Reader<S: Sink> {
     pub(super) fence: Fence,
 }
 
+/// However the reader ends (shutdown, the writer gone, or a panic), the writer learns that
+/// nothing follows: the callbacks hold a sender too, so the queue never closes by itself.
+impl<S: Sink> Drop for Reader<S> {
+    fn drop(&mut self) {
+        let _ = self.work.send(Work::Stop);
+    }
+}
+
 /// One partition's share of the batch being read.
 struct Slot {
     partition: TopicPartition,
@@ -69,7 +77,8 @@ enum Outcome {
 }
 
 impl<S: Sink> Reader<S> {
-    /// Reads until shutdown, then hands over the last batch and tells the writer to stop.
+    /// Reads until shutdown, then hands over the last batch (dropping the reader tells the
+    /// writer to stop).
     pub(super) fn run(mut self) {
         // Futures polled here outside `block_on` (see `run_now`) may start I/O, which needs
         // the runtime's context.
@@ -102,7 +111,6 @@ impl<S: Sink> Reader<S> {
                 break;
             }
         }
-        let _ = self.work.send(Work::Stop);
     }
 
     /// Reads one batch: until it holds `batch_max_events` records, `batch_max_wait` after its

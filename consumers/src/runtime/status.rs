@@ -112,8 +112,11 @@ pub(super) fn measure<C: rdkafka::consumer::ConsumerContext>(
         };
         let position = match element.offset() {
             Offset::Offset(offset) => offset,
-            // Never committed, or nothing read yet: everything the broker holds is ahead.
-            _ => low,
+            // Never committed: everything the broker holds is ahead.
+            _ if group => low,
+            // Nothing read yet: librdkafka knows a position only once a record was consumed,
+            // and a reader that started at the end of an idle partition has none to show.
+            _ => continue,
         };
         lags.push(PartitionLag {
             partition: TopicPartition::new(element.topic(), element.partition()),
@@ -192,7 +195,11 @@ impl Watchdog {
         if group && assigned.is_empty() && !unowned.is_empty() {
             problems.push("no partitions assigned".to_owned());
         }
-        let rejoin = !unowned.is_empty() && self.next_rejoin.is_none_or(|next| now >= next);
+        // Not while partitions stall here too: that looks like an outage every member shares
+        // (ClickHouse down), which a rebalance cannot cure and would only make worse.
+        let rejoin = !unowned.is_empty()
+            && stalled_here.is_empty()
+            && self.next_rejoin.is_none_or(|next| now >= next);
         if unowned.is_empty() {
             self.rejoin_pause = REJOIN_PAUSE_START;
             self.next_rejoin = None;
@@ -337,6 +344,17 @@ mod tests {
         assert!(!verdict.rejoin);
         assert_eq!(verdict.problems.len(), 1);
         assert!(verdict.problems[0].contains("assigned here"), "{verdict:?}");
+    }
+
+    #[test]
+    fn no_rejoin_while_partitions_stall_here_too() {
+        let mut watchdog = Watchdog::default();
+        let start = Instant::now();
+        let lags = [lag(0, 50, 100), lag(1, 50, 100)];
+        watchdog.observe(start, &lags, &assigned(&[0]), true);
+        let verdict = watchdog.observe(start + STALL_AFTER, &lags, &assigned(&[0]), true);
+        assert!(!verdict.rejoin, "{verdict:?}");
+        assert_eq!(verdict.problems.len(), 2, "{verdict:?}");
     }
 
     #[test]

@@ -23,9 +23,11 @@ pub(super) enum Work<P> {
         partitions: Vec<TopicPartition>,
         reply: oneshot::Sender<Positions>,
     },
-    /// Commit these positions as they are (the sink's own positions of newly assigned
-    /// partitions), so the group's committed offsets, and the lag measured from them, agree
-    /// with where the consumer reads even when nothing new arrives to be committed.
+    /// The sink's own positions of newly assigned partitions: committed where they are ahead
+    /// of the group's, so its committed offsets, and the lag measured from them, agree with
+    /// where the consumer reads even when nothing new arrives to be committed. (Never behind:
+    /// the projector's position is behind the group's when the partition ends in dead letters,
+    /// and the group's offset does not go back for that.)
     Commit(Vec<(TopicPartition, u64, i64)>),
     /// Partitions were revoked: every earlier batch is settled by now; tell the sink.
     Revoked {
@@ -98,11 +100,12 @@ impl<S: Sink> Writer<S> {
                 }
                 Work::Commit(positions) => {
                     if self.commits {
+                        let ahead = ahead_of_committed(&self.consumer, positions).await;
                         commit(
                             &self.consumer,
                             &self.assignments,
                             &self.consumer_name,
-                            positions,
+                            ahead,
                         )
                         .await;
                     }
@@ -137,7 +140,7 @@ impl<S: Sink> Writer<S> {
     async fn write(&mut self, batch: ReadBatch<S::Prepared>) -> bool {
         let ReadBatch {
             mut units,
-            commits,
+            mut commits,
             _permit,
         } = batch;
         drop(_permit);
@@ -153,6 +156,10 @@ impl<S: Sink> Writer<S> {
                 Ok(()) => break,
                 Err(error) => {
                     self.report(&error, "batch");
+                    // A revocation waits on this batch and holds the whole group's rebalance
+                    // meanwhile: give its partitions up, uncommitted, for their next owner.
+                    let given_up = self.give_up_revoking(&mut units);
+                    commits.retain(|(partition, _, _)| !given_up.contains(partition));
                     if !wait_to_retry(&mut backoff, &self.shutdown).await {
                         let events: usize = units.iter().map(|unit| unit.events).sum();
                         tracing::warn!(consumer = %self.consumer_name, events, "shutting down with an unwritten batch; it will be replayed");
@@ -174,6 +181,23 @@ impl<S: Sink> Writer<S> {
             .await;
         }
         true
+    }
+
+    /// Drops the units of partitions being revoked; returns their partitions.
+    fn give_up_revoking(
+        &self,
+        units: &mut Vec<PartitionBatch<S::Prepared>>,
+    ) -> Vec<TopicPartition> {
+        let mut given_up = Vec::new();
+        units.retain(|unit| {
+            let revoking = self.assignments.is_revoking(&unit.partition);
+            if revoking {
+                tracing::warn!(consumer = %self.consumer_name, partition = %unit.partition, events = unit.events, "the sink is failing while the partition is revoked; leaving its records to its next owner");
+                given_up.push(unit.partition.clone());
+            }
+            !revoking
+        });
+        given_up
     }
 
     fn report(&self, error: &SinkError, what: &'static str) {
@@ -250,6 +274,39 @@ fn fence<P>(units: &mut Vec<PartitionBatch<P>>, consumer_name: &str) {
         }
         current
     });
+}
+
+/// The positions that are ahead of the group's committed offsets (or where it has none).
+async fn ahead_of_committed<P: Send + Sync + 'static>(
+    consumer: &Arc<BaseConsumer<RuntimeContext<P>>>,
+    positions: Vec<(TopicPartition, u64, i64)>,
+) -> Vec<(TopicPartition, u64, i64)> {
+    let mut list = TopicPartitionList::new();
+    for (partition, _, _) in &positions {
+        list.add_partition(&partition.topic, partition.partition);
+    }
+    let reading = Arc::clone(consumer);
+    // A broker round trip: off the async workers.
+    let committed = tokio::task::spawn_blocking(move || {
+        reading.committed_offsets(list, std::time::Duration::from_secs(10))
+    })
+    .await;
+    let Ok(Ok(committed)) = committed else {
+        // Unknown: commit nothing now; the next batch commits where the consumer is.
+        return Vec::new();
+    };
+    positions
+        .into_iter()
+        .filter(|(partition, _, next)| {
+            match committed
+                .find_partition(&partition.topic, partition.partition)
+                .map(|element| element.offset())
+            {
+                Some(Offset::Offset(current)) => *next > current,
+                _ => true,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
