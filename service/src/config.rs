@@ -169,11 +169,7 @@ impl ConfigSource {
     /// into nested tables, until one fails by itself: that key, with where its value came from.
     /// This relies on every table of the section being `#[serde(default)]` (all of
     /// Ledgerline's are), so that a value alone is a complete table.
-    fn locate<T: DeserializeOwned>(
-        &self,
-        name: &str,
-        error: figment::Error,
-    ) -> figment::Error {
+    fn locate<T: DeserializeOwned>(&self, name: &str, error: figment::Error) -> figment::Error {
         if !error.path.is_empty() {
             return error;
         }

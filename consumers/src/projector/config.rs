@@ -128,11 +128,6 @@ impl ProjectorConfig {
     pub fn retention_check_interval(&self) -> Duration {
         Duration::from_secs(self.retention_check_interval_secs)
     }
-
-    /// The categories the projector stores ([`super::STORED_CATEGORIES`]).
-    pub fn stored_categories(&self) -> &'static [Category] {
-        &super::STORED_CATEGORIES
-    }
 }
 
 /// Everything the projector reads from `ledgerline.toml`, validated.
@@ -192,7 +187,7 @@ mod tests {
         for category in Category::ALL {
             assert_eq!(
                 projector.retention_days.for_category(category).is_some(),
-                projector.stored_categories().contains(&category),
+                super::super::STORED_CATEGORIES.contains(&category),
                 "{category}: a retention setting exactly for the stored categories"
             );
         }

@@ -176,8 +176,7 @@ pub async fn run(
             source,
         })?;
     let codec = Arc::new(EventCodec::new(&schema_registry)?);
-    let topics: Vec<String> = projector
-        .stored_categories()
+    let topics: Vec<String> = STORED_CATEGORIES
         .iter()
         .map(|category| category.topic_name().to_owned())
         .collect();

@@ -19,7 +19,7 @@ pub async fn retention_loop(config: ProjectorConfig, shutdown: CancellationToken
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        for &category in config.stored_categories() {
+        for category in super::STORED_CATEGORIES {
             let Some(days) = config.retention_days.for_category(category) else {
                 continue;
             };

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
@@ -225,6 +225,26 @@ impl<P: Send + Sync + 'static> ConsumerContext for RuntimeContext<P> {
             }
         }
     }
+}
+
+/// Every partition the cluster has of `topics` (those that exist), from one metadata request.
+pub(super) fn partitions_of_topics<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &[String],
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<TopicPartition>> {
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|topic| topics.iter().any(|name| name == topic.name()))
+        .flat_map(|topic| {
+            topic
+                .partitions()
+                .iter()
+                .map(|partition| TopicPartition::new(topic.name(), partition.id()))
+        })
+        .collect())
 }
 
 pub(super) fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {

@@ -234,36 +234,44 @@ pub async fn run<S: Sink>(
     written.and(read)
 }
 
-/// librdkafka settings of a runtime consumer. Settings `[kafka] librdkafka` names win: they are
-/// the runtime's defaults, not its rules.
+/// librdkafka settings of a runtime consumer: its defaults, which `[kafka] librdkafka` may
+/// override (through [`KafkaConfig::consumer_config`], the platform's one override rule), then
+/// its rules, which it may not: without them the delivery semantics above would not hold.
 fn client_config(config: &RuntimeConfig, kafka: &KafkaConfig) -> rdkafka::ClientConfig {
-    let mut client = kafka.client_config();
-    set_unless_configured(&mut client, "client.id", &config.consumer);
+    let mut defaults = vec![
+        ("client.id", config.consumer.clone()),
+        (
+            "fetch.wait.max.ms",
+            config.fetch_wait_max.as_millis().to_string(),
+        ),
+        // librdkafka looks for topics that do not exist yet only at this refresh (default 5
+        // minutes); a consumer started before its topics were created would sit idle that long.
+        ("topic.metadata.refresh.interval.ms", "10000".to_owned()),
+    ];
+    if let Mode::Group(_) = &config.mode {
+        // A sink outage longer than this ends in a rebalance and a replay elsewhere.
+        defaults.push(("max.poll.interval.ms", "600000".to_owned()));
+        // Kafka's default before 3.0. A dead member's partitions wait this long for a new
+        // owner (librdkafka's 45 s default made a restarted projector wait most of a minute);
+        // heartbeats every 3 s keep a live one in.
+        defaults.push(("session.timeout.ms", "10000".to_owned()));
+    }
+    if kafka.client_id.is_some() {
+        defaults.retain(|(key, _)| *key != "client.id");
+    }
+    let mut client = kafka.consumer_config(&defaults);
+    // Offsets move only when the writer commits what the sink took.
     client
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
-    set_unless_configured(
-        &mut client,
-        "fetch.wait.max.ms",
-        &config.fetch_wait_max.as_millis().to_string(),
-    );
-    // librdkafka looks for topics that do not exist yet only at this refresh (default 5
-    // minutes); a consumer started before its topics were created would sit idle that long.
-    set_unless_configured(&mut client, "topic.metadata.refresh.interval.ms", "10000");
     match &config.mode {
         Mode::Group(group) => {
             client
                 .set("group.id", &group.group_id)
                 .set("auto.offset.reset", "earliest");
-            // A sink outage longer than this ends in a rebalance and a replay elsewhere.
-            set_unless_configured(&mut client, "max.poll.interval.ms", "600000");
             if let Some(instance) = &group.instance_id {
                 client.set("group.instance.id", instance);
             }
-            // Kafka's default before 3.0. A dead member's partitions wait this long for a new
-            // owner (librdkafka's 45 s default made a restarted projector wait most of a
-            // minute); heartbeats every 3 s keep a live one in.
-            set_unless_configured(&mut client, "session.timeout.ms", "10000");
         }
         Mode::Broadcast { .. } => {
             // Never joined and never committed to: librdkafka routes a consumer's records
@@ -282,13 +290,6 @@ fn client_config(config: &RuntimeConfig, kafka: &KafkaConfig) -> rdkafka::Client
         }
     }
     client
-}
-
-/// Sets `key` unless `[kafka] librdkafka` already did.
-fn set_unless_configured(client: &mut rdkafka::ClientConfig, key: &str, value: &str) {
-    if client.get(key).is_none() {
-        client.set(key, value);
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BadRecords, Mode, RuntimeConfig, StartAt};
-use super::context::{Assignments, RuntimeContext};
+use super::context::{partitions_of_topics, Assignments, RuntimeContext};
 use super::dlq::DeadLetters;
 use super::sink::{Fence, PartitionBatch, Record, RecordHeader, Rejection, Sink, TopicPartition};
 use super::writer::{first_backoff, wait_to_retry, ReadBatch, Work};
@@ -413,26 +413,22 @@ impl<S: Sink> Reader<S> {
     /// Broadcast mode: assigns every partition of the topics that is not assigned yet,
     /// starting where the sink says, else at `start`.
     fn assign_new_partitions(&self, start: StartAt) {
-        let metadata = match self.consumer.fetch_metadata(None, LOOKUP_TIMEOUT) {
-            Ok(metadata) => metadata,
+        let partitions = match partitions_of_topics(
+            &self.consumer,
+            &self.config.topics,
+            LOOKUP_TIMEOUT,
+        ) {
+            Ok(partitions) => partitions,
             Err(error) => {
                 tracing::warn!(consumer = %self.config.consumer, %error, "cannot list partitions; trying again");
                 return;
             }
         };
         let assigned = self.assignments.assigned();
-        let mut new = Vec::new();
-        for topic in metadata.topics() {
-            if !self.config.topics.iter().any(|name| name == topic.name()) {
-                continue;
-            }
-            for partition in topic.partitions() {
-                let partition = TopicPartition::new(topic.name(), partition.id());
-                if !assigned.contains(&partition) {
-                    new.push(partition);
-                }
-            }
-        }
+        let new: Vec<TopicPartition> = partitions
+            .into_iter()
+            .filter(|partition| !assigned.contains(partition))
+            .collect();
         if new.is_empty() {
             return;
         }

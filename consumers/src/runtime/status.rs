@@ -26,7 +26,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::context::{Assignments, RuntimeContext};
+use super::context::{partitions_of_topics, Assignments, RuntimeContext};
 use super::sink::TopicPartition;
 
 /// How often lag is measured: one committed-offsets request and one watermark request per
@@ -81,19 +81,13 @@ pub(super) fn measure<C: rdkafka::consumer::ConsumerContext>(
     assigned: &[TopicPartition],
 ) -> KafkaResult<Vec<PartitionLag>> {
     let mut partitions = TopicPartitionList::new();
-    if group {
-        let metadata = consumer.fetch_metadata(None, REQUEST_TIMEOUT)?;
-        for topic in metadata.topics() {
-            if topics.iter().any(|name| name == topic.name()) {
-                for partition in topic.partitions() {
-                    partitions.add_partition(topic.name(), partition.id());
-                }
-            }
-        }
+    let every = if group {
+        partitions_of_topics(consumer, topics, REQUEST_TIMEOUT)?
     } else {
-        for partition in assigned {
-            partitions.add_partition(&partition.topic, partition.partition);
-        }
+        assigned.to_vec()
+    };
+    for partition in &every {
+        partitions.add_partition(&partition.topic, partition.partition);
     }
     if partitions.count() == 0 {
         return Ok(Vec::new());

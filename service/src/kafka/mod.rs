@@ -210,6 +210,16 @@ impl KafkaConfig {
         self.with_passthrough(config)
     }
 
+    /// A consumer's settings: what every client needs plus `settings`, the consumer's own
+    /// defaults, which give way to `[kafka] librdkafka` like everything Ledgerline sets.
+    pub fn consumer_config(&self, settings: &[(&str, String)]) -> ClientConfig {
+        let mut config = self.connection_config();
+        for (key, value) in settings {
+            config.set(*key, value);
+        }
+        self.with_passthrough(config)
+    }
+
     /// Brokers, client id, security: what every client needs, before the passthrough map.
     fn connection_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -390,6 +400,18 @@ mod tests {
             Some("20"),
             "over component settings too"
         );
+    }
+
+    #[test]
+    fn consumer_defaults_give_way_to_the_passthrough_map_and_carry_no_producer_settings() {
+        let mut config = KafkaConfig::default();
+        let defaults = [("session.timeout.ms", "10000".to_owned())];
+        let client = config.consumer_config(&defaults);
+        assert_eq!(client.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(client.get("compression.type"), None);
+        config.librdkafka = BTreeMap::from([("session.timeout.ms".to_owned(), "4000".to_owned())]);
+        let client = config.consumer_config(&defaults);
+        assert_eq!(client.get("session.timeout.ms"), Some("4000"));
     }
 
     #[test]
