@@ -151,18 +151,84 @@ async fn wait_for(seconds: u64, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Keeps every record it is given: (partition, offset, message).
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<(i32, i64, String)>>>);
+/// The sink's positions for `partitions`, from what it keeps per partition.
+fn positions_for(known: &Positions, partitions: &[TopicPartition]) -> Positions {
+    partitions
+        .iter()
+        .filter_map(|partition| known.get(partition).map(|next| (partition.clone(), *next)))
+        .collect()
+}
 
-impl Collect {
+/// Keeps what `map` makes of each record it is handed (clones share what was kept), and
+/// answers `positions` when partitions are assigned.
+#[derive(Clone)]
+struct Keep<T> {
+    kept: Arc<Mutex<Vec<T>>>,
+    map: fn(&TopicPartition, Record) -> T,
+    positions: Positions,
+}
+
+impl<T> Keep<T> {
+    fn new(map: fn(&TopicPartition, Record) -> T) -> Self {
+        Self {
+            kept: Arc::default(),
+            map,
+            positions: Positions::new(),
+        }
+    }
+
+    fn with_positions(self, positions: Positions) -> Self {
+        Self { positions, ..self }
+    }
+
     fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.kept.lock().unwrap().len()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Sink for Keep<T> {
+    type Prepared = Vec<T>;
+    type Preparer = Box<dyn FnMut(&TopicPartition, Vec<Record>) -> Vec<T> + Send>;
+
+    fn preparer(&self) -> Self::Preparer {
+        let map = self.map;
+        Box::new(move |partition, records| {
+            records
+                .into_iter()
+                .map(|record| map(partition, record))
+                .collect()
+        })
+    }
+
+    async fn on_assign(&mut self, partitions: &[TopicPartition]) -> Result<Positions, SinkError> {
+        Ok(positions_for(&self.positions, partitions))
+    }
+
+    async fn write(&mut self, batch: &[PartitionBatch<Vec<T>>]) -> Result<(), SinkError> {
+        let mut kept = self.kept.lock().unwrap();
+        for unit in batch {
+            kept.extend(unit.prepared.iter().cloned());
+        }
+        Ok(())
+    }
+}
+
+/// An event's (partition, offset, message); a rejected record fails the test.
+type Tick = (i32, i64, String);
+
+fn tick(partition: &TopicPartition, record: Record) -> Tick {
+    let message = record.event.unwrap().envelope().message.clone();
+    (partition.partition, record.offset, message)
+}
+
+impl Keep<Tick> {
+    fn ticks() -> Self {
+        Self::new(tick)
     }
 
     fn messages(&self) -> Vec<String> {
         let mut messages: Vec<String> = self
-            .0
+            .kept
             .lock()
             .unwrap()
             .iter()
@@ -173,42 +239,13 @@ impl Collect {
     }
 
     fn offsets(&self, partition: i32) -> Vec<i64> {
-        self.0
+        self.kept
             .lock()
             .unwrap()
             .iter()
             .filter(|(p, _, _)| *p == partition)
             .map(|(_, offset, _)| *offset)
             .collect()
-    }
-}
-
-type Prepared = Vec<(i32, i64, String)>;
-
-fn keep(partition: &TopicPartition, records: Vec<Record>) -> Prepared {
-    records
-        .into_iter()
-        .map(|record| {
-            let message = record.event.unwrap().envelope().message.clone();
-            (partition.partition, record.offset, message)
-        })
-        .collect()
-}
-
-impl Sink for Collect {
-    type Prepared = Prepared;
-    type Preparer = fn(&TopicPartition, Vec<Record>) -> Prepared;
-
-    fn preparer(&self) -> Self::Preparer {
-        keep
-    }
-
-    async fn write(&mut self, batch: &[PartitionBatch<Prepared>]) -> Result<(), SinkError> {
-        let mut kept = self.0.lock().unwrap();
-        for unit in batch {
-            kept.extend(unit.prepared.iter().cloned());
-        }
-        Ok(())
     }
 }
 
@@ -254,7 +291,7 @@ async fn broadcast_readers_each_see_every_record_from_their_start() {
     // this test's sink would fail the test: `keep` expects events).
     produce_raw(&stack, b"not avro").await;
 
-    let [latest, earliest, also_earliest, from_time] = [(); 4].map(|()| Collect::default());
+    let [latest, earliest, also_earliest, from_time] = [(); 4].map(|()| Keep::ticks());
     let broadcast =
         |start| RuntimeConfig::broadcast("fanout", vec![TOPIC.to_owned()], start, &settings(50));
     let readers = [
@@ -292,7 +329,7 @@ async fn broadcast_readers_each_see_every_record_from_their_start() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     publish(&ledger, 150, 250).await;
-    let ticks_of = |collect: &Collect| {
+    let ticks_of = |collect: &Keep<Tick>| {
         let mut messages = collect.messages();
         messages.retain(|message| message.starts_with("tick "));
         messages
@@ -327,38 +364,12 @@ async fn broadcast_readers_each_see_every_record_from_their_start() {
     }
 }
 
-/// What [`KeepAll`] keeps of each record: offset, rejection reason, value.
-type Kept = Vec<(i64, Option<&'static str>, Vec<u8>)>;
+/// A record's offset, rejection reason and value, as received.
+type Raw = (i64, Option<&'static str>, Vec<u8>);
 
-/// Keeps what it is handed, rejected records too.
-#[derive(Clone, Default)]
-struct KeepAll(Arc<Mutex<Kept>>);
-
-fn keep_all(_: &TopicPartition, records: Vec<Record>) -> Kept {
-    records
-        .into_iter()
-        .map(|record| {
-            let reason = record.event.err().map(|rejection| rejection.reason);
-            (record.offset, reason, record.value)
-        })
-        .collect()
-}
-
-impl Sink for KeepAll {
-    type Prepared = Kept;
-    type Preparer = fn(&TopicPartition, Vec<Record>) -> Kept;
-
-    fn preparer(&self) -> Self::Preparer {
-        keep_all
-    }
-
-    async fn write(&mut self, batch: &[PartitionBatch<Kept>]) -> Result<(), SinkError> {
-        let mut kept = self.0.lock().unwrap();
-        for unit in batch {
-            kept.extend(unit.prepared.iter().cloned());
-        }
-        Ok(())
-    }
+fn raw(_: &TopicPartition, record: Record) -> Raw {
+    let reason = record.event.err().map(|rejection| rejection.reason);
+    (record.offset, reason, record.value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,22 +379,19 @@ async fn delivered_rejects_reach_the_sink_with_their_reason_and_bytes() {
     publish(&ledger, 0, 3).await;
     produce_raw(&stack, b"\x00\x00\x00\x00\x07garbage").await;
     produce_raw(&stack, b"plain text").await;
-    let kept = KeepAll::default();
+    let kept = Keep::new(raw);
     let config = RuntimeConfig {
         bad_records: BadRecords::Deliver,
         ..RuntimeConfig::group("archiver", vec![TOPIC.to_owned()], &settings(50), "unused")
     };
     let (stop, task) = stack.run(config, kept.clone());
-    wait_for(30, "every record reached the sink", || {
-        kept.0.lock().unwrap().len() >= 5
-    })
-    .await;
+    wait_for(30, "every record reached the sink", || kept.len() >= 5).await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), task)
         .await
         .unwrap()
         .unwrap();
-    let kept = kept.0.lock().unwrap();
+    let kept = kept.kept.lock().unwrap();
     assert_eq!(kept.len(), 5);
     let rejected: Vec<(Option<&str>, &[u8])> = kept
         .iter()
@@ -420,7 +428,7 @@ async fn delivered_rejects_reach_the_sink_with_their_reason_and_bytes() {
 /// already stale when the runtime handed it over: fencing must have dropped it.
 #[derive(Default)]
 struct Chain {
-    next: HashMap<TopicPartition, i64>,
+    next: Positions,
     violations: Vec<String>,
     writes_by: HashMap<&'static str, usize>,
     /// Units that became stale while their write was under way, dropped by the sink's own
@@ -457,16 +465,7 @@ impl Sink for ChainSink {
     }
 
     async fn on_assign(&mut self, partitions: &[TopicPartition]) -> Result<Positions, SinkError> {
-        let chain = self.chain.lock().unwrap();
-        Ok(partitions
-            .iter()
-            .filter_map(|partition| {
-                chain
-                    .next
-                    .get(partition)
-                    .map(|next| (partition.clone(), *next))
-            })
-            .collect())
+        Ok(positions_for(&self.chain.lock().unwrap().next, partitions))
     }
 
     async fn on_revoke(&mut self, _partitions: &[TopicPartition]) {
@@ -604,36 +603,6 @@ async fn a_fenced_sink_is_never_handed_a_lost_partitions_batch() {
     assert_eq!(total, 3_000, "the load published 3,000 events");
 }
 
-/// A sink that keeps its own positions, and says where to start.
-struct Positioned {
-    collect: Collect,
-    positions: Positions,
-}
-
-impl Sink for Positioned {
-    type Prepared = Prepared;
-    type Preparer = fn(&TopicPartition, Vec<Record>) -> Prepared;
-
-    fn preparer(&self) -> Self::Preparer {
-        keep
-    }
-
-    async fn on_assign(&mut self, partitions: &[TopicPartition]) -> Result<Positions, SinkError> {
-        Ok(partitions
-            .iter()
-            .filter_map(|partition| {
-                self.positions
-                    .get(partition)
-                    .map(|next| (partition.clone(), *next))
-            })
-            .collect())
-    }
-
-    async fn write(&mut self, batch: &[PartitionBatch<Prepared>]) -> Result<(), SinkError> {
-        self.collect.write(batch).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sinks_positions_win_over_the_groups_on_assignment_and_after_a_restart() {
     let stack = Stack::start(BrokerStorage::Sqlite);
@@ -647,13 +616,12 @@ async fn the_sinks_positions_win_over_the_groups_on_assignment_and_after_a_resta
 
     // First run, nothing committed: partition 0 starts where the sink says, the others at the
     // start (the group has no offsets).
-    let first = Collect::default();
+    let first = Keep::ticks();
     let (stop, task) = stack.run(
         config(),
-        Positioned {
-            collect: first.clone(),
-            positions: Positions::from([(p0.clone(), from)]),
-        },
+        first
+            .clone()
+            .with_positions(Positions::from([(p0.clone(), from)])),
     );
     let expected_first = (high[&0] - from) + high[&1] + high[&2];
     wait_for(
@@ -677,13 +645,12 @@ async fn the_sinks_positions_win_over_the_groups_on_assignment_and_after_a_resta
 
     // Restart: the group committed everything, but the sink says partition 1 must be read
     // again from 1 (as a sink that lost writes would). Its position wins over the commit.
-    let second = Collect::default();
+    let second = Keep::ticks();
     let (stop, task) = stack.run(
         config(),
-        Positioned {
-            collect: second.clone(),
-            positions: Positions::from([(TopicPartition::new(TOPIC, 1), 1)]),
-        },
+        second
+            .clone()
+            .with_positions(Positions::from([(TopicPartition::new(TOPIC, 1), 1)])),
     );
     wait_for(30, "the restarted run reread partition 1", || {
         second.len() as i64 >= high[&1] - 1
