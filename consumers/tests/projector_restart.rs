@@ -4,10 +4,11 @@
 //!
 //! On Tansu 0.6.0 a member that joins while the killed one is still in the group can be left
 //! with no partitions for good (see `runtime::status`). Two ways out are tested:
-//! - static membership (`group_instance_id`, what the local stack configures): the restarted
-//!   process takes the dead member's place;
-//! - without it, the runtime's watchdog sees the group's partitions wait with nobody consuming
-//!   them, reports it on `/health`, and rejoins.
+//! - dynamic membership (what the local stack runs): the runtime's watchdog sees the group's
+//!   partitions wait with nobody consuming them, reports it on `/health`, and rejoins;
+//! - static membership (`group_instance_id`, the choice on Kafka): the restarted process takes
+//!   the dead member's place. (On Tansu, a static member killed while its group was still
+//!   settling was seen to wedge the group for good; this test kills a settled one.)
 //!
 //! SQLite engine: the restarted member resumes inside producer batches (see
 //! `projector_crash.rs`).

@@ -130,9 +130,11 @@ pub struct ConsumerSettings {
     /// default (`ledgerline-clickhouse` for the projector).
     pub group_id: Option<String>,
     /// Static group membership (`group.instance.id`), unique per running instance: a stable
-    /// name such as a StatefulSet pod name. A member restarted with the same id gets its
-    /// partitions back at once, rather than after the session timeout; unset, members are
-    /// dynamic and the runtime's watchdog rejoins a group that left partitions unowned.
+    /// name such as a StatefulSet pod name. On Kafka, a member restarted with the same id gets
+    /// its partitions back at once, rather than after the session timeout. Unset, members are
+    /// dynamic and the runtime's watchdog rejoins a group that left partitions unowned. Leave
+    /// it unset on Tansu 0.6.0: a static member killed while its group was settling can leave
+    /// the group without an owner for good, which rejoining under the same id does not cure.
     pub group_instance_id: Option<String>,
     /// A batch is written when it holds this many events (or when `batch_max_wait_ms` passes,
     /// whichever comes first).

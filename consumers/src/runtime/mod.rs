@@ -59,8 +59,10 @@
 //!   down at that moment the batch is left uncommitted and replayed by the next run.
 //!
 //! # Recovery and health
-//! Group members use static membership when `group_instance_id` is set: a restarted member takes
-//! its predecessor's place at once. A watchdog ([`status`]) measures lag every 5 s (group mode:
+//! Group members use static membership when `group_instance_id` is set: on Kafka a restarted
+//! member takes its predecessor's place at once. (On Tansu 0.6.0 a static member killed while
+//! its group was settling can leave the group wedged, which no rejoin under the same id cures;
+//! the local stack runs dynamic members.) A watchdog ([`status`]) measures lag every 5 s (group mode:
 //! every partition of the topics, assigned or not; broadcast mode: the assigned ones); a
 //! partition whose records wait with no progress for 10 s makes [`ConsumerStatus::check`] (the
 //! `/health` check) fail with the reason, and when it is not assigned here (and nothing stalls
