@@ -54,6 +54,14 @@ impl Category {
         }
     }
 
+    /// The category whose events `topic` carries, `None` for any other topic (the dead-letter
+    /// topic, a stranger's): the inverse of [`Category::topic_name`].
+    pub fn from_topic(topic: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|category| category.topic_name() == topic)
+    }
+
     /// Schema-registry subject under TopicNameStrategy: `<topic>-value`.
     pub fn subject(self) -> String {
         format!("{}-value", self.topic_name())
@@ -84,6 +92,15 @@ impl FromStr for Category {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topics_map_back_to_their_categories() {
+        for category in Category::ALL {
+            assert_eq!(Category::from_topic(category.topic_name()), Some(category));
+        }
+        assert_eq!(Category::from_topic("ledgerline.dlq"), None);
+        assert_eq!(Category::from_topic("job"), None);
+    }
 
     #[test]
     fn names_follow_topic_name_strategy() {

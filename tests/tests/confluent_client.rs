@@ -211,10 +211,7 @@ async fn read_and_decode(
         else {
             continue;
         };
-        let category = Category::ALL
-            .into_iter()
-            .find(|category| category.topic_name() == message.topic())
-            .unwrap();
+        let category = Category::from_topic(message.topic()).unwrap();
         let event = codec
             .decode(category, message.payload().unwrap())
             .await

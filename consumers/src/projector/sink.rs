@@ -110,10 +110,7 @@ impl ProjectorSink {
         for topic in topics {
             // The category leads the sort and partition keys: it limits the scan to the
             // topic's own parts, where `topic` alone would read every part.
-            let Some(category) = Category::ALL
-                .into_iter()
-                .find(|category| category.topic_name() == topic)
-            else {
+            let Some(category) = Category::from_topic(topic) else {
                 continue;
             };
             let stored: Vec<(i32, i64)> = self

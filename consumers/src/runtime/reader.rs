@@ -317,7 +317,7 @@ impl<S: Sink> Reader<S> {
                 ),
             }));
         }
-        let Some(category) = category_of(topic) else {
+        let Some(category) = Category::from_topic(topic) else {
             return Some(Err(Rejection {
                 reason: "unknown_topic",
                 error: format!("topic {topic} carries no Ledgerline category"),
@@ -488,23 +488,5 @@ impl<S: Sink> Reader<S> {
                 self.assignments.revoke(&new);
             }
         }
-    }
-}
-
-/// The category whose events a Ledgerline topic carries.
-pub(super) fn category_of(topic: &str) -> Option<Category> {
-    Category::ALL
-        .into_iter()
-        .find(|category| category.topic_name() == topic)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topics_map_to_categories() {
-        assert_eq!(category_of("ledgerline.job"), Some(Category::Job));
-        assert_eq!(category_of("ledgerline.dlq"), None);
     }
 }
