@@ -6,11 +6,14 @@
 //! - [`clickhouse`]: what the ClickHouse sinks share: connection settings, error kinds and
 //!   versioned migrations;
 //! - [`projector`]: the projector into ClickHouse `ledgerline` (events and the latest job
-//!   states) and the read library the query API uses.
+//!   states) and the read library the query API uses;
+//! - [`archive`]: the tamper-evident audit archive's I/O-free core so far (record hash chain,
+//!   RFC 6962 Merkle trees, signed checkpoints); its consumer is not wired yet.
 //!
 //! The binary `ledgerline-consumer <consumer>` runs one consumer (`projector` so far). The
 //! audit archive and the live fan-out arrive with their issues.
 
+pub mod archive;
 pub mod clickhouse;
 pub mod projector;
 pub mod runtime;
