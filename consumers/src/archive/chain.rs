@@ -124,97 +124,66 @@ mod tests {
         );
     }
 
+    /// `sample`'s inputs, to change one at a time.
+    #[derive(Clone, Copy)]
+    struct Fields {
+        prev_hash: [u8; 32],
+        topic: &'static str,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&'static [u8]>,
+        value: &'static [u8],
+    }
+
+    impl Fields {
+        fn hash(&self) -> [u8; 32] {
+            record_hash(
+                &self.prev_hash,
+                self.topic,
+                self.partition,
+                self.offset,
+                self.timestamp_ms,
+                self.key,
+                self.value,
+            )
+        }
+    }
+
     #[test]
     fn every_field_changes_the_hash() {
-        let base = sample(&GENESIS);
-        let mut other_prev = GENESIS;
-        other_prev[31] ^= 1;
-        let variants = [
-            sample(&other_prev),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audiT",
-                3,
-                42,
-                Some(1_700_000_000_000),
-                Some(b"actor-7"),
-                b"value bytes",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                4,
-                42,
-                Some(1_700_000_000_000),
-                Some(b"actor-7"),
-                b"value bytes",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                3,
-                43,
-                Some(1_700_000_000_000),
-                Some(b"actor-7"),
-                b"value bytes",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                3,
-                42,
-                Some(1_700_000_000_001),
-                Some(b"actor-7"),
-                b"value bytes",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                3,
-                42,
-                None,
-                Some(b"actor-7"),
-                b"value bytes",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                3,
-                42,
-                Some(1_700_000_000_000),
-                Some(b"actor-8"),
-                b"value bytes",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                3,
-                42,
-                Some(1_700_000_000_000),
-                None,
-                b"value bytes",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                3,
-                42,
-                Some(1_700_000_000_000),
-                Some(b"actor-7"),
-                b"value bytez",
-            ),
-            record_hash(
-                &GENESIS,
-                "ledgerline.audit",
-                3,
-                42,
-                Some(1_700_000_000_000),
-                Some(b"actor-7"),
-                b"",
-            ),
+        let base = Fields {
+            prev_hash: GENESIS,
+            topic: "ledgerline.audit",
+            partition: 3,
+            offset: 42,
+            timestamp_ms: Some(1_700_000_000_000),
+            key: Some(b"actor-7"),
+            value: b"value bytes",
+        };
+        assert_eq!(base.hash(), sample(&GENESIS));
+        let changes: [fn(&mut Fields); 10] = [
+            |f| f.prev_hash[31] ^= 1,
+            |f| f.topic = "ledgerline.audiT",
+            |f| f.partition = 4,
+            |f| f.offset = 43,
+            |f| f.timestamp_ms = Some(1_700_000_000_001),
+            |f| f.timestamp_ms = None,
+            |f| f.key = Some(b"actor-8"),
+            |f| f.key = None,
+            |f| f.value = b"value bytez",
+            |f| f.value = b"",
         ];
+        let variants: Vec<[u8; 32]> = changes
+            .iter()
+            .map(|change| {
+                let mut fields = base;
+                change(&mut fields);
+                fields.hash()
+            })
+            .collect();
         for (index, variant) in variants.iter().enumerate() {
-            assert_ne!(*variant, base, "variant {index} kept the hash");
+            assert_ne!(*variant, base.hash(), "variant {index} kept the hash");
         }
         for (left_index, left) in variants.iter().enumerate() {
             for right in &variants[left_index + 1..] {
