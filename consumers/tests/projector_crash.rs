@@ -44,7 +44,7 @@ const MAX_KILLS: u32 = 6;
 const INSTANCE_ID: Option<&str> = None;
 
 mod support;
-use support::{count, free_listen_address, projector_command, written_by, ProcessStack};
+use support::{count, projector_command, written_by, ProcessStack};
 
 /// A pseudo-random duration below `max`, printed by the caller so a failing run can be
 /// reasoned about.
@@ -134,8 +134,7 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     let mut kills = 0;
     let mut kills_during_load = 0;
     while kills < KILLS_DURING_LOAD || (!load.is_finished() && kills < MAX_KILLS) {
-        let listen = free_listen_address();
-        let mut command = projector_command(
+        let (command, listen) = projector_command(
             broker,
             registry,
             clickhouse,
@@ -143,7 +142,6 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
             INSTANCE_ID,
             dir.path(),
         );
-        command.env("LEDGERLINE_PROJECTOR__LISTEN", &listen);
         let mut projector = ManagedChild::spawn("projector", command, &log).unwrap();
         // Wait until this run writes something, then kill it a random moment later: in the
         // middle of a fetch, a decode, an insert, or between an insert and its commit.
@@ -187,8 +185,7 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
         "only {kills_during_load} of {kills} kills landed during the load"
     );
 
-    let listen = free_listen_address();
-    let mut command = projector_command(
+    let (command, listen) = projector_command(
         broker,
         registry,
         clickhouse,
@@ -196,7 +193,6 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
         INSTANCE_ID,
         dir.path(),
     );
-    command.env("LEDGERLINE_PROJECTOR__LISTEN", &listen);
     let mut final_run = ManagedChild::spawn("projector", command, &log).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last_report = Instant::now();

@@ -25,7 +25,7 @@ use ledgerline_tests::names;
 use ledgerline_tests::process::ManagedChild;
 
 mod support;
-use support::{count, free_listen_address, projector_command, ProcessStack};
+use support::{count, projector_command, ProcessStack};
 
 async fn publish(ledger: &Ledger, from: u64, to: u64) {
     for n in from..to {
@@ -77,14 +77,16 @@ async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
     let log = dir.path().join("projector.log");
     let group = names::group();
     let everything = EventFilter::default();
-    let start = |listen: &str| {
-        let mut command =
+    let start = || {
+        let (command, listen) =
             projector_command(broker, registry, clickhouse, &group, instance, dir.path());
-        command.env("LEDGERLINE_PROJECTOR__LISTEN", listen);
-        ManagedChild::spawn("projector", command, &log).unwrap()
+        (
+            ManagedChild::spawn("projector", command, &log).unwrap(),
+            listen,
+        )
     };
 
-    let mut first = start(&free_listen_address());
+    let (mut first, _) = start();
     publish(&ledger, 0, 100).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(clickhouse, &everything).await < 100 {
@@ -96,8 +98,7 @@ async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.kill();
-    let listen = free_listen_address();
-    let mut second = start(&listen);
+    let (mut second, listen) = start();
     let restarted = Instant::now();
     publish(&ledger, 100, 200).await;
 

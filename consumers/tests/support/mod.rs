@@ -56,7 +56,8 @@ impl ProcessStack {
 
 /// `ledgerline-consumer projector` configured through the environment, as an operator would,
 /// for a test's broker, registry and ClickHouse database; with static group membership when
-/// `instance` is given. Batches of 3,000 events or 200 ms.
+/// `instance` is given. Batches of 3,000 events or 200 ms. Returns the command and the free
+/// loopback address its `/health` and `/metrics` will listen on.
 pub fn projector_command(
     broker: &Broker,
     registry: &RegistryServer,
@@ -64,7 +65,8 @@ pub fn projector_command(
     group: &str,
     instance: Option<&str>,
     dir: &std::path::Path,
-) -> Command {
+) -> (Command, String) {
+    let listen = free_listen_address();
     let mut command = Command::new(env!("CARGO_BIN_EXE_ledgerline-consumer"));
     command
         .arg("projector")
@@ -84,13 +86,13 @@ pub fn projector_command(
             &clickhouse.database,
         )
         .env("LEDGERLINE_PROJECTOR__GROUP_ID", group)
-        .env("LEDGERLINE_PROJECTOR__LISTEN", "127.0.0.1:0")
+        .env("LEDGERLINE_PROJECTOR__LISTEN", &listen)
         .env("LEDGERLINE_PROJECTOR__BATCH_MAX_EVENTS", "3000")
         .env("LEDGERLINE_PROJECTOR__BATCH_MAX_WAIT_MS", "200");
     if let Some(instance) = instance {
         command.env("LEDGERLINE_PROJECTOR__GROUP_INSTANCE_ID", instance);
     }
-    command
+    (command, listen)
 }
 
 /// Events this projector process has written, from its own `/metrics`: the stored count can
@@ -110,7 +112,7 @@ pub async fn written_by(listen: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn free_listen_address() -> String {
+fn free_listen_address() -> String {
     format!(
         "127.0.0.1:{}",
         ledgerline_tests::process::free_port().unwrap()
