@@ -293,6 +293,16 @@ impl EventCodec {
         from_writer_value(category, id, written.value)
     }
 
+    /// The text of the writer schema registered under `id`, as the registry has it: what an
+    /// offline reader ([`OfflineDecoder`]) needs to decode that id's records without the
+    /// registry (the audit archive's export bundles carry it).
+    pub async fn writer_schema_text(&self, id: u32) -> Result<String, CodecError> {
+        let writer = self.decoder.get_schema(id).await.map_err(|error| {
+            registry_failure(&error, |detail| CodecError::UnknownSchemaId { id, detail })
+        })?;
+        Ok(writer.raw.clone())
+    }
+
     /// Fetches the writer schema of `id` (so an unknown id and corrupt bytes are told apart) and
     /// decides, once, whether its records can be read directly as `category`.
     async fn choose_read_path(&self, category: Category, id: u32) -> Result<bool, CodecError> {
@@ -305,6 +315,67 @@ impl EventCodec {
             paths.insert((category, id), direct);
         }
         Ok(direct)
+    }
+}
+
+/// Decodes records with writer schemas given by id rather than fetched from a registry: for
+/// checking archived bytes on a machine with no registry at hand (an export bundle).
+#[derive(Debug, Default)]
+pub struct OfflineDecoder {
+    /// Per id: the parsed writer schema, and whether it reads directly as its category's
+    /// reader schema (same canonical form).
+    schemas: HashMap<u32, (apache_avro::Schema, Vec<Category>)>,
+}
+
+impl OfflineDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the writer schema registered under `id`.
+    pub fn add(&mut self, id: u32, text: &str) -> Result<(), CodecError> {
+        let schema = apache_avro::Schema::parse_str(text)
+            .map_err(|error| CodecError::Schema(format!("schema id {id}: {error}")))?;
+        let canonical = schema.canonical_form();
+        let direct = Category::ALL
+            .into_iter()
+            .filter(|category| {
+                avro::reader_schema(*category)
+                    .is_ok_and(|reader| reader.canonical_form() == canonical)
+            })
+            .collect();
+        self.schemas.insert(id, (schema, direct));
+        Ok(())
+    }
+
+    /// The ids it knows.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.schemas.keys().copied()
+    }
+
+    /// Decodes a wire-format record of `category`'s topic, as [`EventCodec::decode`] would.
+    pub fn decode(&self, category: Category, payload: &[u8]) -> Result<Event, CodecError> {
+        let id = schema_id(payload)?;
+        let Some((writer, direct)) = self.schemas.get(&id) else {
+            return Err(CodecError::UnknownSchemaId {
+                id,
+                detail: "not among the schemas given".to_owned(),
+            });
+        };
+        let mut datum = &payload[HEADER_LEN..];
+        if direct.contains(&category) {
+            return read_direct(category, id, datum);
+        }
+        let corrupt = |error: apache_avro::Error| CodecError::CorruptAvro {
+            id,
+            detail: error.to_string(),
+        };
+        let value = GenericDatumReader::builder(writer)
+            .build()
+            .map_err(corrupt)?
+            .read_value(&mut datum)
+            .map_err(corrupt)?;
+        from_writer_value(category, id, value)
     }
 }
 

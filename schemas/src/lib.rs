@@ -15,6 +15,6 @@ pub mod samples;
 pub mod symbols;
 pub mod topics;
 
-pub use codec::{CodecError, EventCodec, RegistrySettings};
+pub use codec::{CodecError, EventCodec, OfflineDecoder, RegistrySettings};
 pub use event::Event;
 pub use topics::Category;

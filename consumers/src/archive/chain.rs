@@ -83,6 +83,32 @@ pub fn record_hash(
 
 /// Feeds `u64 big-endian length ‖ bytes`. `usize` always fits in `u64` on the platforms Rust
 /// supports, so the widening cannot lose a bit.
+/// The first bytes hashed for a gap entry: a distinct tag, so no Kafka record (whatever its
+/// bytes) can hash like a gap, nor a gap like a record.
+pub const GAP_DOMAIN_TAG: &[u8] = b"ledgerline.archive.gap.v1";
+
+/// The chain hash of a gap: offsets `first_offset..=last_offset` that Kafka itself no longer
+/// holds (deleted by retention before the archiver read them, compacted away, or transaction
+/// markers). A gap is an entry of the chain like a record, so a reviewer sees it and cannot
+/// have it removed unnoticed. Encoding: `GAP_DOMAIN_TAG ‖ prev_hash ‖ u64 len(topic) ‖ topic ‖
+/// partition (i32) ‖ first_offset (i64) ‖ last_offset (i64)`, big-endian.
+pub fn gap_hash(
+    prev_hash: &[u8; 32],
+    topic: &str,
+    partition: i32,
+    first_offset: i64,
+    last_offset: i64,
+) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(GAP_DOMAIN_TAG);
+    hasher.update(prev_hash);
+    update_length_prefixed(&mut hasher, topic.as_bytes());
+    hasher.update(partition.to_be_bytes());
+    hasher.update(first_offset.to_be_bytes());
+    hasher.update(last_offset.to_be_bytes());
+    hasher.finalize().into()
+}
+
 fn update_length_prefixed(hasher: &mut Sha256, bytes: &[u8]) {
     hasher.update((bytes.len() as u64).to_be_bytes());
     hasher.update(bytes);

@@ -268,9 +268,7 @@ impl TrustedKeys {
     /// Trusts the public key given as 64 hex digits (as `archive keygen` prints it) and returns
     /// its id.
     pub fn insert_hex(&mut self, public_key_hex: &str) -> Result<String, KeyError> {
-        let bytes = decode_hex_32(public_key_hex.trim(), "public_key")?;
-        let verifying_key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublicKey)?;
-        Ok(self.insert(verifying_key))
+        Ok(self.insert(parse_public_key(public_key_hex)?))
     }
 
     /// The trusted key filed under `key_id`, if any.
@@ -299,6 +297,12 @@ impl fmt::Debug for TrustedKeys {
             .field("key_ids", &key_ids)
             .finish()
     }
+}
+
+/// A public key from its 64 hex digits, as `archive keygen` prints it.
+pub fn parse_public_key(public_key_hex: &str) -> Result<VerifyingKey, KeyError> {
+    let bytes = decode_hex_32(public_key_hex.trim(), "public_key")?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublicKey)
 }
 
 /// The id of a public key: hex of the first 8 bytes of SHA-256 of its 32 bytes (16 hex digits).

@@ -19,20 +19,259 @@
 //! - **Key rotation.** A checkpoint names its key id; verification takes a set of trusted public
 //!   keys, and a rotation is a checkpoint signed by the old key that names the new one.
 //!
-//! This folder so far holds only the pure, I/O-free primitives those guarantees rest on:
+//! # Modules
 //!
-//! - [`chain`]: the genesis value and the record hash;
+//! - [`chain`]: the genesis value, the record hash and the gap hash;
 //! - [`merkle`]: RFC 6962 tree hashing, inclusion proofs and their RFC 9162 verification;
 //! - [`checkpoint`]: the checkpoint, its canonical encoding and hash, the signing-key file and
-//!   Ed25519 signing and verification against trusted keys.
+//!   Ed25519 signing and verification against trusted keys;
+//! - [`schema`], [`row`], [`store`]: the `records` and `checkpoints` tables, their rows, reads;
+//! - [`config`]: `[archive]`;
+//! - [`sink`]: the runtime sink that chains, inserts and checkpoints;
+//! - [`verify`]: the verification library behind `archive verify` (and the API);
+//! - [`proof`]: one event's inclusion proof, and its offline check;
+//! - [`bundle`]: the self-verifying export for reviewers.
 //!
-//! Nothing wires them into a consumer yet: the archiver, its ClickHouse tables and the
-//! `archive verify`/`prove`/`export` commands arrive with the rest of the issue.
+//! # Metrics
+//!
+//! `ledgerline_archive_records_total`, `ledgerline_archive_checkpoints_total`,
+//! `ledgerline_archive_head_offset{topic,partition}`, `ledgerline_archive_verify_ok` (1 or 0)
+//! and `ledgerline_archive_verify_timestamp_seconds` from the periodic self-verify, besides the
+//! runtime's metrics with `consumer="archive"`.
 //!
 //! Every byte encoding here is versioned by its domain tag (`….v1`). Changing an encoding means
 //! a new tag, never a silent change, because archived hashes and signatures must stay
 //! verifiable for as long as the archive is kept.
 
+pub mod bundle;
 pub mod chain;
 pub mod checkpoint;
+pub mod config;
+pub mod kafka;
 pub mod merkle;
+pub mod proof;
+pub mod row;
+pub mod schema;
+pub mod sink;
+pub mod store;
+pub mod verify;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ledgerline_schemas::{Category, EventCodec};
+use ledgerline_service::http::{self, Health};
+use ledgerline_service::kafka::KafkaProbe;
+use ledgerline_service::telemetry;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ArchiveConfig, ArchiveSettings, DEFAULT_GROUP_ID};
+pub use sink::{ArchiveSink, Cadence, SigningKeys};
+
+use crate::clickhouse::ClickHouseError;
+use crate::runtime::{self, BadRecords, RuntimeConfig, RuntimeError};
+use checkpoint::{ArchiveSigningKey, KeyError, TrustedKeys};
+
+/// The archiver's name: the `consumer` label of its runtime metrics, and its Kafka client id.
+pub const CONSUMER: &str = "archive";
+
+/// How long start-up waits for the broker to answer before giving up with its address.
+const KAFKA_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the archiver could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    #[error("kafka is not reachable: {0}")]
+    KafkaUnreachable(String),
+    #[error("failed to create a kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("failed to prepare clickhouse at {url}")]
+    ClickHouse {
+        url: String,
+        #[source]
+        source: ClickHouseError,
+    },
+    #[error("failed to set up the schema registry client: {0}")]
+    Registry(#[from] ledgerline_schemas::CodecError),
+    #[error("`archive.signing_key_file` is not set: create a key with `ledgerline-consumer archive keygen --out <file>`")]
+    NoSigningKey,
+    #[error("failed to read the signing key {path}")]
+    ReadKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid signing key {path}")]
+    InvalidKey {
+        path: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("failed to listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to set up metrics: {0}")]
+    Telemetry(#[from] telemetry::TelemetryError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Reads a signing-key file written by `archive keygen`.
+pub fn read_signing_key(path: &Path) -> Result<ArchiveSigningKey, ArchiveError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ArchiveError::ReadKey {
+        path: path.display().to_string(),
+        source,
+    })?;
+    checkpoint::load_signing_key(&SecretString::from(text)).map_err(|source| {
+        ArchiveError::InvalidKey {
+            path: path.display().to_string(),
+            source,
+        }
+    })
+}
+
+/// The signing keys `[archive]` names.
+pub fn signing_keys(config: &ArchiveConfig) -> Result<SigningKeys, ArchiveError> {
+    let current = config
+        .signing_key_file
+        .as_deref()
+        .ok_or(ArchiveError::NoSigningKey)?;
+    Ok(SigningKeys {
+        current: Arc::new(read_signing_key(current)?),
+        previous: match &config.previous_signing_key_file {
+            Some(path) => Some(Arc::new(read_signing_key(path)?)),
+            None => None,
+        },
+    })
+}
+
+/// The keys the archiver's self-verify trusts: its signing keys and `trusted_public_keys`.
+pub fn trusted_keys(
+    config: &ArchiveConfig,
+    keys: &SigningKeys,
+) -> Result<TrustedKeys, ArchiveError> {
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(keys.current.verifying_key());
+    if let Some(previous) = &keys.previous {
+        trusted.insert(previous.verifying_key());
+    }
+    for hex in &config.trusted_public_keys {
+        trusted
+            .insert_hex(hex)
+            .map_err(|source| ArchiveError::InvalidKey {
+                path: "archive.trusted_public_keys".to_owned(),
+                source,
+            })?;
+    }
+    Ok(trusted)
+}
+
+/// See [`ArchiveSink::health`].
+#[derive(Debug, Clone)]
+pub struct WriteHealth(Arc<Mutex<Option<String>>>);
+
+impl WriteHealth {
+    /// `Err("last write failed: <kind>: <error>")` while the last write failed.
+    pub fn check(&self) -> Result<(), String> {
+        match self.0.lock().ok().and_then(|last| last.clone()) {
+            None => Ok(()),
+            Some(failure) => Err(format!("last write failed: {failure}")),
+        }
+    }
+}
+
+/// Runs the archiver until `shutdown`: checks Kafka, loads the signing keys, applies the
+/// migrations, serves `/health` and `/metrics` on `[archive] listen`, self-verifies on a
+/// schedule, and archives `ledgerline.audit`.
+pub async fn run(
+    settings: ArchiveSettings,
+    shutdown: CancellationToken,
+) -> Result<(), ArchiveError> {
+    let ArchiveSettings {
+        kafka,
+        schema_registry,
+        archive,
+    } = settings;
+    let keys = signing_keys(&archive)?;
+    let trusted = trusted_keys(&archive, &keys)?;
+    let probe = KafkaProbe::new(&kafka)?;
+    probe
+        .check(KAFKA_START_TIMEOUT)
+        .await
+        .map_err(ArchiveError::KafkaUnreachable)?;
+    let cadence = Cadence {
+        every_entries: archive.checkpoint_every_records,
+        every: archive.checkpoint_every(),
+    };
+    let sink = ArchiveSink::start(&archive.clickhouse, keys.clone(), cadence)
+        .await
+        .map_err(|source| ArchiveError::ClickHouse {
+            url: archive.clickhouse.url.clone(),
+            source,
+        })?;
+    let codec = Arc::new(EventCodec::new(&schema_registry)?);
+    let mut config = RuntimeConfig::group(
+        CONSUMER,
+        vec![Category::Audit.topic_name().to_owned()],
+        &archive.consumer,
+        DEFAULT_GROUP_ID,
+    );
+    // Undecodable records are chained with their reason; the projector dead-letters them.
+    config.bad_records = BadRecords::Deliver;
+
+    let writes = sink.health();
+    let status = config.status.clone();
+    let ping = archive.clickhouse.client();
+    let health = Health::new()
+        .with_check("kafka", move || {
+            let probe = probe.clone();
+            async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) }
+        })
+        .with_check("clickhouse", move || {
+            let client = ping.clone();
+            async move {
+                client
+                    .query("SELECT 1")
+                    .fetch_one::<u8>()
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| error.to_string())
+            }
+        })
+        .with_check("archive_writes", move || {
+            let writes = writes.clone();
+            async move { writes.check() }
+        })
+        .with_check("consumer", move || {
+            let status = status.clone();
+            async move { status.check() }
+        });
+    let (addr, _server) = http::serve(
+        archive.listen,
+        http::router(health, telemetry::prometheus()?),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| ArchiveError::Listen {
+        addr: archive.listen,
+        source,
+    })?;
+    tracing::info!(%addr, key_id = keys.current.key_id(), "archive health and metrics");
+
+    if archive.self_verify_interval_secs > 0 {
+        tokio::spawn(verify::self_verify_loop(
+            archive.clone(),
+            trusted,
+            Arc::clone(&codec),
+            shutdown.clone(),
+        ));
+    }
+    runtime::run(config, &kafka, codec, sink, shutdown).await?;
+    Ok(())
+}

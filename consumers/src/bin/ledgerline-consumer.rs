@@ -1,14 +1,30 @@
-//! `ledgerline-consumer <consumer>`: runs one consumer service.
+//! `ledgerline-consumer <consumer>`: runs one consumer service, or one of the archive's tools.
 //!
-//! `projector` (alias `clickhouse`): `[kafka]`, `[schema_registry]`, `[projector]` (with
-//! `[projector.clickhouse]`) and `[telemetry]` from `ledgerline.toml` / `LEDGERLINE_*`; see
-//! [`ledgerline_consumers::projector::run`].
+//! - `projector` (alias `clickhouse`): `[kafka]`, `[schema_registry]`, `[projector]` and
+//!   `[telemetry]` from `ledgerline.toml` / `LEDGERLINE_*`; see
+//!   [`ledgerline_consumers::projector::run`].
+//! - `archive` (or `archive run`): the tamper-evident audit archive, from `[archive]`; see
+//!   [`ledgerline_consumers::archive::run`].
+//! - `archive keygen | verify | prove | check-proof | export`: the archive's key and review
+//!   tools. `verify` exits 0 when everything is intact, 1 when something is broken, 2 when it
+//!   could not run.
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ledgerline_consumers::archive::checkpoint::{self, TrustedKeys};
+use ledgerline_consumers::archive::kafka::BrokerView;
+use ledgerline_consumers::archive::store::ArchiveStore;
+use ledgerline_consumers::archive::verify::{self, Decoder, KafkaView, VerifyOptions};
+use ledgerline_consumers::archive::{self, ArchiveSettings};
 use ledgerline_consumers::projector::{self, ProjectorSettings};
+use ledgerline_schemas::EventCodec;
 use ledgerline_service::telemetry::{self, TelemetryConfig};
 use ledgerline_service::{shutdown, ConfigSource};
+use secrecy::ExposeSecret;
 
 // The projector allocates a few dozen strings per event and frees them a batch later on
 // another thread; glibc's allocator spent about a third of the projector's CPU on that
@@ -28,23 +44,266 @@ enum ConsumerName {
     /// Project the stored categories into ClickHouse (`ledgerline.events`, `job_status`).
     #[command(alias = "clickhouse")]
     Projector,
+    /// The tamper-evident audit archive: run it (no subcommand), or use its tools.
+    Archive {
+        #[command(subcommand)]
+        command: Option<ArchiveCommand>,
+    },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Archive `ledgerline.audit` into ClickHouse `ledgerline_audit` (the default).
+    Run,
+    /// Write a new Ed25519 signing key file; prints its public key and key id.
+    Keygen {
+        /// The key file to write (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Recompute every chain, Merkle root and checkpoint signature, and compare with Kafka.
+    Verify(VerifyArgs),
+    /// Write the inclusion proof of one event: its record, Merkle path and signed checkpoint.
+    Prove {
+        event_id: String,
+        /// Where to write the proof (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a proof offline, with the public key alone.
+    CheckProof {
+        file: PathBuf,
+        /// Trusted public key (hex, as `keygen` prints it); repeat for several.
+        #[arg(long = "public-key", required = true)]
+        public_keys: Vec<String>,
+    },
+    /// Write a self-verifying bundle of a range of the archive for reviewers.
+    Export {
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// First offset (widened to the start of its checkpoint segment).
+        #[arg(long)]
+        from: Option<i64>,
+        /// Last offset (widened to the end of its checkpoint segment).
+        #[arg(long)]
+        to: Option<i64>,
+        /// The directory to write (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// From this offset (widened to the start of its checkpoint segment).
+    #[arg(long)]
+    from: Option<i64>,
+    /// To this offset (widened to the end of its checkpoint segment).
+    #[arg(long)]
+    to: Option<i64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Trusted public key (hex); repeat for several. Default: the keys of `[archive]`
+    /// (`trusted_public_keys` and the signing key files' public keys).
+    #[arg(long = "public-key")]
+    public_keys: Vec<String>,
+    /// Do not compare with Kafka.
+    #[arg(long)]
+    no_kafka: bool,
+    /// Do not decode the stored bytes to check the stored fields.
+    #[arg(long)]
+    no_decode: bool,
+    /// Verify an exported bundle directory instead of ClickHouse (offline).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the runtime: {error}"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(Cli::parse())) {
+        Ok(code) => code,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let source = ConfigSource::from_process_env().context("failed to load configuration")?;
     let telemetry_config: TelemetryConfig = source.section("telemetry")?;
     telemetry_config.validate()?;
-    telemetry::init_tracing(&telemetry_config)?;
     match cli.consumer {
         ConsumerName::Projector => {
+            telemetry::init_tracing(&telemetry_config)?;
             let settings = ProjectorSettings::load(&source)?;
             let shutdown = shutdown::on_signal().context("failed to install signal handlers")?;
             projector::run(settings, shutdown)
                 .await
                 .context("projector failed")?;
         }
+        ConsumerName::Archive { command } => match command.unwrap_or(ArchiveCommand::Run) {
+            ArchiveCommand::Run => {
+                telemetry::init_tracing(&telemetry_config)?;
+                let settings = ArchiveSettings::load(&source)?;
+                let shutdown =
+                    shutdown::on_signal().context("failed to install signal handlers")?;
+                archive::run(settings, shutdown)
+                    .await
+                    .context("archive failed")?;
+            }
+            ArchiveCommand::Keygen { out } => keygen(&out)?,
+            ArchiveCommand::Verify(args) => return verify_command(&source, args).await,
+            _ => bail!("stub"),
+        },
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    let generated = checkpoint::generate()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(out).with_context(|| {
+        format!(
+            "failed to create {} (an existing key is never overwritten)",
+            out.display()
+        )
+    })?;
+    file.write_all(generated.secret_file.expose_secret().as_bytes())
+        .with_context(|| format!("failed to write {}", out.display()))?;
+    print(&format!(
+        "wrote {}\nkey_id: {}\npublic_key: {}\n",
+        out.display(),
+        generated.key_id,
+        generated.public_key_hex
+    ))
+}
+
+async fn verify_command(source: &ConfigSource, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let report = if let Some(_dir) = &args.bundle {
+        bail!("stub")
+    } else {
+        let settings = ArchiveSettings::load(source)?;
+        let store = store(&settings)?;
+        let trusted = if args.public_keys.is_empty() {
+            let keys = configured_public_keys(&settings)?;
+            let mut trusted = TrustedKeys::new();
+            for key in keys {
+                trusted.insert(key);
+            }
+            trusted
+        } else {
+            trusted_from_hex(&args.public_keys)?
+        };
+        if trusted.is_empty() {
+            bail!("no trusted public key: pass --public-key, or set archive.signing_key_file or archive.trusted_public_keys");
+        }
+        let decoder = if args.no_decode {
+            Decoder::None
+        } else {
+            Decoder::Registry(std::sync::Arc::new(EventCodec::new(
+                &settings.schema_registry,
+            )?))
+        };
+        let group = settings
+            .archive
+            .consumer
+            .group_id
+            .clone()
+            .unwrap_or_else(|| archive::DEFAULT_GROUP_ID.to_owned());
+        let kafka = if args.no_kafka {
+            None
+        } else {
+            Some(BrokerView::new(&settings.kafka, &group)?)
+        };
+        let options = VerifyOptions {
+            partition: args.partition,
+            from: args.from,
+            to: args.to,
+            last_checkpoints: None,
+        };
+        verify::verify(
+            &store,
+            &trusted,
+            &decoder,
+            kafka.as_ref().map(|view| view as &dyn KafkaView),
+            &options,
+        )
+        .await?
+    };
+    if args.json {
+        print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        print(&report.to_text())?;
+    }
+    Ok(if report.intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn store(settings: &ArchiveSettings) -> anyhow::Result<ArchiveStore> {
+    let clickhouse = &settings.archive.clickhouse;
+    Ok(ArchiveStore::new(
+        clickhouse.client(),
+        &clickhouse.database,
+    )?)
+}
+
+/// The public keys `[archive]` names: its trusted keys and its signing keys' own.
+fn configured_public_keys(
+    settings: &ArchiveSettings,
+) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
+    let mut keys = Vec::new();
+    for path in [
+        &settings.archive.signing_key_file,
+        &settings.archive.previous_signing_key_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        keys.push(archive::read_signing_key(path)?.verifying_key());
+    }
+    for hex in &settings.archive.trusted_public_keys {
+        keys.push(checkpoint::parse_public_key(hex)?);
+    }
+    Ok(keys)
+}
+
+fn trusted_from_hex(keys: &[String]) -> anyhow::Result<TrustedKeys> {
+    let mut trusted = TrustedKeys::new();
+    for key in keys {
+        trusted
+            .insert_hex(key)
+            .with_context(|| format!("invalid public key {key}"))?;
+    }
+    Ok(trusted)
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }

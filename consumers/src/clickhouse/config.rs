@@ -64,7 +64,45 @@ fn default_database() -> String {
     "ledgerline".to_owned()
 }
 
+/// A sink section's `clickhouse` table as written, before its sink's defaults fill the gaps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialClickHouseConfig {
+    url: Option<String>,
+    user: Option<String>,
+    password: Option<SecretString>,
+    database: Option<String>,
+    compression: Option<ClickHouseCompression>,
+}
+
 impl ClickHouseConfig {
+    /// The local-stack server with another sink's own user and database as defaults (the
+    /// serde defaults of this struct are the projector's).
+    pub fn for_sink(user: &str, database: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+            database: database.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Deserializes a sink's `clickhouse` table, taking `defaults` for the keys it leaves out:
+    /// for `#[serde(deserialize_with)]` in sections whose sink is not the projector, where a
+    /// partial `[archive.clickhouse]` must not fall back to the projector's user.
+    pub fn deserialize_over<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+        defaults: Self,
+    ) -> std::result::Result<Self, D::Error> {
+        let partial = PartialClickHouseConfig::deserialize(deserializer)?;
+        Ok(Self {
+            url: partial.url.unwrap_or(defaults.url),
+            user: partial.user.unwrap_or(defaults.user),
+            password: partial.password.unwrap_or(defaults.password),
+            database: partial.database.unwrap_or(defaults.database),
+            compression: partial.compression.unwrap_or(defaults.compression),
+        })
+    }
+
     /// Checks what serde cannot; keys are named `<section>.<key>`
     /// (`projector.clickhouse.url`).
     pub fn validate(&self, section: &str) -> Result<()> {

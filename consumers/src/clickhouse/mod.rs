@@ -9,8 +9,10 @@
 
 pub mod config;
 pub mod error;
+pub mod insert;
 pub mod migrate;
 
 pub use config::{ClickHouseCompression, ClickHouseConfig};
 pub use error::{failure_kind, ClickHouseError, FailureKind, Result};
+pub use insert::insert_rows;
 pub use migrate::{migrate, validate_identifier, Migration};

@@ -105,7 +105,8 @@ pub use config::{
 };
 pub use dlq::{DeadLetters, DLQ_HEADERS};
 pub use sink::{
-    PartitionBatch, Positions, Record, RecordHeader, Rejection, Sink, SinkError, TopicPartition,
+    Ownership, PartitionBatch, Positions, Record, RecordHeader, Rejection, Sink, SinkError,
+    TopicPartition,
 };
 pub use status::ConsumerStatus;
 

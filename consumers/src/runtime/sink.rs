@@ -90,6 +90,32 @@ impl<P> PartitionBatch<P> {
     pub fn is_current(&self) -> bool {
         self.fence.holds(&self.partition, self.generation)
     }
+
+    /// The same check as [`Self::is_current`], kept apart from the batch: a sink that writes
+    /// for a partition between batches (the archive's checkpoint on a timer, from
+    /// [`Sink::on_idle`]) asks it of the last batch it wrote.
+    pub fn ownership(&self) -> Ownership {
+        Ownership {
+            partition: self.partition.clone(),
+            generation: self.generation,
+            fence: self.fence.clone(),
+        }
+    }
+}
+
+/// See [`PartitionBatch::ownership`].
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    partition: TopicPartition,
+    generation: u64,
+    fence: Fence,
+}
+
+impl Ownership {
+    /// Whether the partition is still assigned to this consumer under the same assignment.
+    pub fn is_current(&self) -> bool {
+        self.fence.holds(&self.partition, self.generation)
+    }
 }
 
 /// What [`PartitionBatch::is_current`] asks: the assignment generations, and whether the
@@ -176,6 +202,14 @@ pub trait Sink: Send + 'static {
     fn on_revoke(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = ()> + Send {
         let _ = partitions;
         async {}
+    }
+
+    /// Called when no batch came for about a second (and again every second while none comes):
+    /// for work a sink does on time rather than on records, such as the archive's checkpoint
+    /// every T seconds. A failure is reported like a failed write and the hook is simply called
+    /// again later; nothing is committed either way.
+    fn on_idle(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
     }
 
     /// Writes a batch: one entry per partition. After a failure the runtime calls it again with

@@ -52,6 +52,9 @@ pub(super) struct ReadBatch<P> {
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// How long the writer waits for work before calling [`Sink::on_idle`].
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
 pub(super) fn next_backoff(current: Duration) -> Duration {
     (current * 2).min(BACKOFF_MAX)
 }
@@ -88,7 +91,17 @@ impl<S: Sink> Writer<S> {
         mut self,
         mut work: tokio::sync::mpsc::UnboundedReceiver<Work<S::Prepared>>,
     ) {
-        while let Some(next) = work.recv().await {
+        loop {
+            let next = match tokio::time::timeout(IDLE_AFTER, work.recv()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => return,
+                Err(_idle) => {
+                    if let Err(error) = self.sink.on_idle().await {
+                        self.report(&error, "idle");
+                    }
+                    continue;
+                }
+            };
             match next {
                 Work::Batch(batch) => {
                     if !self.write(batch).await {

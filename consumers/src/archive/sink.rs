@@ -1,0 +1,540 @@
+//! The archiver's sink: per partition, chains the batch's records (and the gaps between them)
+//! onto the partition's head, inserts them into `records`, cuts signed checkpoints every N
+//! entries or T seconds and inserts them into `checkpoints`.
+//!
+//! State per assigned partition ([`Chain`]) is loaded from ClickHouse in
+//! [`Sink::on_assign`] and answered as the resume position, so a new owner continues exactly
+//! after the stored head. It is changed only after the insert it describes succeeded, so a
+//! failed write retried by the runtime recomputes the same rows: the chain is a function of the
+//! Kafka records alone, which is also why two runs (or two members racing over one partition)
+//! can only ever write identical rows for an offset, never a fork.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use rdkafka::Timestamp;
+
+use super::chain::{self, GENESIS};
+use super::checkpoint::{ArchiveSigningKey, Checkpoint, SignedCheckpoint};
+use super::merkle;
+use super::row::{
+    hex32, ArchiveRow, CheckpointRow, EventFields, KIND_EVENT, KIND_GAP, KIND_UNDECODABLE,
+};
+use super::schema::MIGRATIONS;
+use super::store::ArchiveStore;
+use crate::clickhouse::{
+    insert_rows, migrate, ClickHouseConfig, ClickHouseError, FailureKind, Result,
+};
+use crate::runtime::{
+    Ownership, PartitionBatch, Positions, Record, Sink, SinkError, TopicPartition,
+};
+
+/// When a checkpoint is cut.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    /// After this many entries of a partition...
+    pub every_entries: u64,
+    /// ...or this long after the first entry not yet checkpointed.
+    pub every: std::time::Duration,
+}
+
+/// The signing keys: the current one and, during a rotation, the one it replaces.
+#[derive(Debug, Clone)]
+pub struct SigningKeys {
+    pub current: Arc<ArchiveSigningKey>,
+    pub previous: Option<Arc<ArchiveSigningKey>>,
+}
+
+/// Writes batches of `ledgerline.audit` into `<database>.records` and `<database>.checkpoints`.
+pub struct ArchiveSink {
+    store: ArchiveStore,
+    keys: SigningKeys,
+    cadence: Cadence,
+    chains: HashMap<TopicPartition, Chain>,
+    last_failure: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for ArchiveSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveSink")
+            .field("store", &self.store)
+            .field("partitions", &self.chains.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One partition's chain as this member knows it.
+#[derive(Debug)]
+struct Chain {
+    /// Last offset covered by the newest entry; -1 before the first.
+    head_offset: i64,
+    head_hash: [u8; 32],
+    /// The entries after the last checkpoint, in offset order.
+    segment: Vec<SegmentEntry>,
+    /// When the first entry of `segment` was archived by this member (or the chain loaded).
+    segment_started: Instant,
+    previous_checkpoint_hash: [u8; 32],
+    /// The key the next checkpoint must be signed with, when the last one named it (a
+    /// rotation); otherwise the key that signed the last one.
+    last_checkpoint_key: Option<(String, Option<String>)>,
+    /// Checkpoints cut whose insert has not succeeded yet: written before anything else.
+    pending: Vec<SignedCheckpoint>,
+    /// The assignment the last batch was written under, for checkpoints cut when idle.
+    ownership: Option<Ownership>,
+}
+
+/// One entry not yet covered by a checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct SegmentEntry {
+    offset: i64,
+    last_offset: i64,
+    hash: [u8; 32],
+}
+
+/// One partition's records of a batch, as rows without their hashes yet.
+#[derive(Debug)]
+pub struct PreparedPartition {
+    rows: Vec<ArchiveRow>,
+}
+
+impl ArchiveSink {
+    /// Applies the archive's migrations.
+    pub async fn start(
+        config: &ClickHouseConfig,
+        keys: SigningKeys,
+        cadence: Cadence,
+    ) -> Result<Self> {
+        let client = config.client();
+        let applied = migrate(&client, &config.database, MIGRATIONS).await?;
+        if !applied.is_empty() {
+            tracing::info!(database = %config.database, versions = ?applied, "applied clickhouse migrations");
+        }
+        Ok(Self {
+            store: ArchiveStore::new(client, &config.database)?,
+            keys,
+            cadence,
+            chains: HashMap::new(),
+            last_failure: Arc::default(),
+        })
+    }
+
+    /// `Err` with the failure while the last write failed; for `/health`.
+    pub fn health(&self) -> super::WriteHealth {
+        super::WriteHealth(Arc::clone(&self.last_failure))
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = failure;
+        }
+    }
+
+    /// The partition's chain from ClickHouse: head, last checkpoint and the entries after it.
+    async fn load(&self, partition: &TopicPartition) -> Result<Chain> {
+        let topic = &*partition.topic;
+        let head = self.store.head(topic, partition.partition).await?;
+        let last = self
+            .store
+            .last_checkpoint(topic, partition.partition)
+            .await?;
+        let (head_offset, head_hash) = match &head {
+            Some(head) => (
+                head.last_offset,
+                hex32(&head.hash).ok_or_else(|| corrupt(partition, "head hash"))?,
+            ),
+            None => (-1, GENESIS),
+        };
+        let (after, previous_checkpoint_hash, last_checkpoint_key) = match &last {
+            Some(row) => {
+                let hash = hex32(&row.checkpoint_hash)
+                    .ok_or_else(|| corrupt(partition, "checkpoint hash"))?;
+                (
+                    row.last_offset,
+                    hash,
+                    Some((row.key_id.clone(), row.next_key_id.clone())),
+                )
+            }
+            None => (-1, GENESIS, None),
+        };
+        let entries = self
+            .store
+            .hashes_after(topic, partition.partition, after)
+            .await?;
+        let segment = entries
+            .iter()
+            .map(|entry| {
+                Ok(SegmentEntry {
+                    offset: entry.offset,
+                    last_offset: entry.last_offset,
+                    hash: hex32(&entry.hash).ok_or_else(|| corrupt(partition, "entry hash"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tracing::info!(%partition, head_offset, unsigned = segment.len(), "chain loaded");
+        Ok(Chain {
+            head_offset,
+            head_hash,
+            segment,
+            segment_started: Instant::now(),
+            previous_checkpoint_hash,
+            last_checkpoint_key,
+            pending: Vec::new(),
+            ownership: None,
+        })
+    }
+
+    /// Writes one partition's records: chained rows, then any checkpoints due.
+    async fn write_partition(
+        store: &ArchiveStore,
+        keys: &SigningKeys,
+        cadence: Cadence,
+        chain: &mut Chain,
+        unit: &PartitionBatch<PreparedPartition>,
+    ) -> Result<()> {
+        let partition = &unit.partition;
+        // Checkpoints cut by an earlier attempt first: they cover entries already stored.
+        write_checkpoints(store, chain).await?;
+        let archived_at_us = now_us();
+        let (chained, head_offset, head_hash) = chain_rows(
+            partition,
+            &unit.prepared,
+            chain.head_offset,
+            chain.head_hash,
+            archived_at_us,
+        );
+        if !chained.is_empty() {
+            if !unit.is_current() {
+                return Err(ClickHouseError::InsertTask(format!(
+                    "{partition} was revoked while its batch was prepared"
+                )));
+            }
+            let table = format!("{}.records", store.database());
+            insert_rows(store.client(), &table, &chained).await?;
+            metrics::counter!("ledgerline_archive_records_total", "kind" => "all")
+                .increment(chained.len() as u64);
+            for row in &chained {
+                if let Some(hash) = row.hash_bytes() {
+                    if chain.segment.is_empty() {
+                        chain.segment_started = Instant::now();
+                    }
+                    chain.segment.push(SegmentEntry {
+                        offset: row.offset,
+                        last_offset: row.last_offset,
+                        hash,
+                    });
+                }
+            }
+            chain.head_offset = head_offset;
+            chain.head_hash = head_hash;
+            metrics::gauge!("ledgerline_archive_head_offset", "topic" => partition.topic.to_string(), "partition" => partition.partition.to_string()).set(head_offset as f64);
+        }
+        chain.ownership = Some(unit.ownership());
+        cut_due(keys, cadence, partition, chain, false)?;
+        if !unit.is_current() {
+            return Err(ClickHouseError::InsertTask(format!(
+                "{partition} was revoked before its checkpoint"
+            )));
+        }
+        write_checkpoints(store, chain).await
+    }
+}
+
+impl Sink for ArchiveSink {
+    type Prepared = PreparedPartition;
+    type Preparer = fn(&TopicPartition, Vec<Record>) -> PreparedPartition;
+    const FENCED: bool = true;
+
+    fn preparer(&self) -> Self::Preparer {
+        prepare
+    }
+
+    async fn on_assign(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> std::result::Result<Positions, SinkError> {
+        let mut positions = Positions::new();
+        for partition in partitions {
+            let chain = self
+                .load(partition)
+                .await
+                .map_err(|error| sink_error(&error))?;
+            positions.insert(partition.clone(), chain.head_offset + 1);
+            self.chains.insert(partition.clone(), chain);
+        }
+        Ok(positions)
+    }
+
+    async fn on_revoke(&mut self, partitions: &[TopicPartition]) {
+        for partition in partitions {
+            self.chains.remove(partition);
+        }
+    }
+
+    async fn on_idle(&mut self) -> std::result::Result<(), SinkError> {
+        let (store, keys, cadence) = (&self.store, &self.keys, self.cadence);
+        for (partition, chain) in &mut self.chains {
+            let owned = chain.ownership.as_ref().is_some_and(Ownership::is_current);
+            if !owned {
+                continue;
+            }
+            cut_due(keys, cadence, partition, chain, false).map_err(|error| sink_error(&error))?;
+            write_checkpoints(store, chain)
+                .await
+                .map_err(|error| sink_error(&error))?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[PartitionBatch<PreparedPartition>],
+    ) -> std::result::Result<(), SinkError> {
+        // Chains of partitions assigned before this sink kept state (cannot happen: on_assign
+        // runs first) are loaded here rather than guessed.
+        for unit in batch {
+            if !self.chains.contains_key(&unit.partition) {
+                let chain = self
+                    .load(&unit.partition)
+                    .await
+                    .map_err(|error| sink_error(&error))?;
+                self.chains.insert(unit.partition.clone(), chain);
+            }
+        }
+        let (store, keys, cadence) = (&self.store, &self.keys, self.cadence);
+        let mut chains: Vec<(&PartitionBatch<PreparedPartition>, Chain)> =
+            Vec::with_capacity(batch.len());
+        for unit in batch {
+            if let Some(chain) = self.chains.remove(&unit.partition) {
+                chains.push((unit, chain));
+            }
+        }
+        // Partitions are written concurrently: one ClickHouse insert uses one server thread.
+        let results = join_all(
+            chains
+                .iter_mut()
+                .map(|(unit, chain)| Self::write_partition(store, keys, cadence, chain, unit)),
+        )
+        .await;
+        for (unit, chain) in chains {
+            self.chains.insert(unit.partition.clone(), chain);
+        }
+        match results.into_iter().find_map(std::result::Result::err) {
+            None => {
+                self.set_failure(None);
+                Ok(())
+            }
+            Some(error) => {
+                let error = sink_error(&error);
+                self.set_failure(Some(format!("{}: {}", error.kind, error.message)));
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The partition's rows chained onto `(head_offset, head_hash)`, with a gap entry wherever an
+/// offset was skipped; rows at or before the head are left out. Returns the new head.
+fn chain_rows(
+    partition: &TopicPartition,
+    prepared: &PreparedPartition,
+    head_offset: i64,
+    head_hash: [u8; 32],
+    archived_at_us: i64,
+) -> (Vec<ArchiveRow>, i64, [u8; 32]) {
+    let (mut head_offset, mut head_hash) = (head_offset, head_hash);
+    let mut chained: Vec<ArchiveRow> = Vec::with_capacity(prepared.rows.len());
+    for row in &prepared.rows {
+        // Already archived (the records before the resume position, or a retry).
+        if row.offset <= head_offset {
+            continue;
+        }
+        if row.offset > head_offset + 1 {
+            // Kafka did not hand these offsets over: it no longer has them.
+            let mut gap = ArchiveRow::empty(
+                &partition.topic,
+                partition.partition,
+                head_offset + 1,
+                KIND_GAP,
+            );
+            gap.last_offset = row.offset - 1;
+            gap.prev_hash = hex::encode(head_hash);
+            head_hash = chain::gap_hash(
+                &head_hash,
+                &partition.topic,
+                partition.partition,
+                gap.offset,
+                gap.last_offset,
+            );
+            gap.hash = hex::encode(head_hash);
+            gap.archived_at_us = archived_at_us;
+            tracing::warn!(%partition, first = gap.offset, last = gap.last_offset, "offsets missing from kafka recorded as a gap");
+            chained.push(gap);
+        }
+        let mut row = row.clone();
+        row.prev_hash = hex::encode(head_hash);
+        head_hash = row.recompute_hash(&head_hash);
+        row.hash = hex::encode(head_hash);
+        row.archived_at_us = archived_at_us;
+        head_offset = row.last_offset;
+        chained.push(row);
+    }
+    (chained, head_offset, head_hash)
+}
+
+/// Cuts the checkpoints that are due: one per full `every_entries` entries, then one for the
+/// rest when it waited `every` (or `force`); and a rotation checkpoint first when the last
+/// checkpoint was signed by the previous key.
+fn cut_due(
+    keys: &SigningKeys,
+    cadence: Cadence,
+    partition: &TopicPartition,
+    chain: &mut Chain,
+    force: bool,
+) -> Result<()> {
+    let rotating = match (&chain.last_checkpoint_key, &keys.previous) {
+        (Some((signed_by, next)), Some(previous)) => {
+            signed_by == previous.key_id() && next.as_deref() != Some(keys.current.key_id())
+        }
+        _ => false,
+    };
+    if rotating {
+        if let Some(previous) = keys.previous.clone() {
+            let entries = chain
+                .segment
+                .len()
+                .min(usize::try_from(cadence.every_entries).unwrap_or(usize::MAX));
+            cut(
+                &previous,
+                Some(keys.current.key_id().to_owned()),
+                partition,
+                chain,
+                entries,
+            )?;
+            tracing::info!(%partition, from = previous.key_id(), to = keys.current.key_id(), "signing key rotated");
+        }
+    }
+    let every = usize::try_from(cadence.every_entries).unwrap_or(usize::MAX);
+    while chain.segment.len() >= every {
+        cut(&keys.current, None, partition, chain, every)?;
+    }
+    if !chain.segment.is_empty() && (force || chain.segment_started.elapsed() >= cadence.every) {
+        let entries = chain.segment.len();
+        cut(&keys.current, None, partition, chain, entries)?;
+    }
+    Ok(())
+}
+
+/// Signs a checkpoint over the first `entries` of the segment and queues it. With no entries
+/// (a rotation while nothing is pending) it covers nothing and fixes the current head.
+fn cut(
+    key: &ArchiveSigningKey,
+    next_key_id: Option<String>,
+    partition: &TopicPartition,
+    chain: &mut Chain,
+    entries: usize,
+) -> Result<()> {
+    let covered: Vec<SegmentEntry> = chain.segment.drain(..entries).collect();
+    let leaves: Vec<[u8; 32]> = covered.iter().map(|entry| entry.hash).collect();
+    let (first_offset, last_offset, head_hash) = match (covered.first(), covered.last()) {
+        (Some(first), Some(last)) => (first.offset, last.last_offset, last.hash),
+        _ => (chain.head_offset + 1, chain.head_offset, chain.head_hash),
+    };
+    let signed = Checkpoint {
+        key_id: key.key_id().to_owned(),
+        topic: partition.topic.to_string(),
+        partition: partition.partition,
+        first_offset,
+        last_offset,
+        count: leaves.len() as u64,
+        head_hash,
+        merkle_root: merkle::root(&leaves),
+        previous_checkpoint_hash: chain.previous_checkpoint_hash,
+        created_at_us: now_us(),
+        next_key_id,
+    }
+    .sign(key)
+    .map_err(|error| {
+        ClickHouseError::InsertTask(format!("signing a checkpoint of {partition}: {error}"))
+    })?;
+    chain.previous_checkpoint_hash = signed.checkpoint.hash();
+    chain.last_checkpoint_key = Some((
+        signed.checkpoint.key_id.clone(),
+        signed.checkpoint.next_key_id.clone(),
+    ));
+    chain.segment_started = Instant::now();
+    chain.pending.push(signed);
+    Ok(())
+}
+
+async fn write_checkpoints(store: &ArchiveStore, chain: &mut Chain) -> Result<()> {
+    if chain.pending.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<CheckpointRow> = chain
+        .pending
+        .iter()
+        .map(CheckpointRow::from_signed)
+        .collect();
+    insert_rows(
+        store.client(),
+        &format!("{}.checkpoints", store.database()),
+        &rows,
+    )
+    .await?;
+    metrics::counter!("ledgerline_archive_checkpoints_total").increment(rows.len() as u64);
+    chain.pending.clear();
+    Ok(())
+}
+
+/// One partition's records as rows: the received bytes, and the event's fields when it decoded.
+fn prepare(partition: &TopicPartition, records: Vec<Record>) -> PreparedPartition {
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        let kind = if record.event.is_ok() {
+            KIND_EVENT
+        } else {
+            KIND_UNDECODABLE
+        };
+        let mut row = ArchiveRow::empty(&partition.topic, partition.partition, record.offset, kind);
+        row.timestamp_ms = match record.timestamp {
+            Timestamp::NotAvailable => None,
+            Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => Some(ms),
+        };
+        row.key = record.key;
+        row.value = record.value;
+        row.schema_id = record.schema_id;
+        match &record.event {
+            Ok(event) => row.set_fields(EventFields::of(event)),
+            Err(rejection) => {
+                row.reject_reason = rejection.reason.to_owned();
+                row.reject_error = rejection.error.clone();
+            }
+        }
+        rows.push(row);
+    }
+    rows.sort_by_key(|row| row.offset);
+    rows.dedup_by_key(|row| row.offset);
+    PreparedPartition { rows }
+}
+
+fn corrupt(partition: &TopicPartition, what: &str) -> ClickHouseError {
+    ClickHouseError::InvalidRow {
+        event_id: partition.to_string(),
+        column: "hash",
+        reason: format!("{what} is not 64 hex digits; run `archive verify`"),
+    }
+}
+
+fn sink_error(error: &ClickHouseError) -> SinkError {
+    let kind = error.failure_kind();
+    SinkError::new(kind.as_str(), kind == FailureKind::Transient, error)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,190 @@
+//! Reads of `ledgerline_audit`: what the archiver needs to resume a partition's chain, and what
+//! `verify`, `prove` and `export` read. Every value is bound as a parameter; the database name
+//! is checked as an identifier before it is written into SQL.
+
+use clickhouse::Row;
+use serde::Deserialize;
+
+use super::row::{ArchiveRow, CheckpointRow};
+use crate::clickhouse::error::query_failed;
+use crate::clickhouse::{validate_identifier, Result};
+
+/// The archive's tables in one database, read through one client.
+#[derive(Clone)]
+pub struct ArchiveStore {
+    client: clickhouse::Client,
+    database: String,
+}
+
+impl std::fmt::Debug for ArchiveStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveStore")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partition's newest chain entry.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Deserialize)]
+pub struct ChainHead {
+    pub last_offset: i64,
+    pub hash: String,
+}
+
+/// One entry's offset and hash, to rebuild the segment not yet checkpointed.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Deserialize)]
+pub struct EntryHash {
+    pub offset: i64,
+    pub last_offset: i64,
+    pub hash: String,
+}
+
+/// A partition that has archived entries.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Row, Deserialize)]
+pub struct ArchivedPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl ArchiveStore {
+    pub fn new(client: clickhouse::Client, database: &str) -> Result<Self> {
+        Ok(Self {
+            client,
+            database: validate_identifier(database)?.to_owned(),
+        })
+    }
+
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The entry with the greatest offset; `None` for a partition never archived.
+    pub async fn head(&self, topic: &str, partition: i32) -> Result<Option<ChainHead>> {
+        self.client
+            .query(&format!(
+                "SELECT last_offset, hash FROM {}.records WHERE topic = ? AND `partition` = ? \
+                 ORDER BY last_offset DESC LIMIT 1",
+                self.database
+            ))
+            .bind(topic)
+            .bind(partition)
+            .fetch_optional()
+            .await
+            .map_err(query_failed(format!("chain head of {topic}/{partition}")))
+    }
+
+    /// The checkpoint with the greatest last offset (the newest when two share it).
+    pub async fn last_checkpoint(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<CheckpointRow>> {
+        self.client
+            .query(&format!(
+                "SELECT ?fields FROM {}.checkpoints WHERE topic = ? AND `partition` = ? \
+                 ORDER BY last_offset DESC, created_at_us DESC LIMIT 1",
+                self.database
+            ))
+            .bind(topic)
+            .bind(partition)
+            .fetch_optional()
+            .await
+            .map_err(query_failed(format!(
+                "last checkpoint of {topic}/{partition}"
+            )))
+    }
+
+    /// Offsets and hashes of the entries after `after_offset`, in offset order.
+    pub async fn hashes_after(
+        &self,
+        topic: &str,
+        partition: i32,
+        after_offset: i64,
+    ) -> Result<Vec<EntryHash>> {
+        self.client
+            .query(&format!(
+                "SELECT `offset`, last_offset, hash FROM {}.records WHERE topic = ? AND `partition` = ? \
+                 AND `offset` > ? ORDER BY `offset`",
+                self.database
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(after_offset)
+            .fetch_all()
+            .await
+            .map_err(query_failed(format!("entries of {topic}/{partition}")))
+    }
+
+    /// Every partition with archived entries or checkpoints, sorted.
+    pub async fn partitions(&self) -> Result<Vec<ArchivedPartition>> {
+        self.client
+            .query(&format!(
+                "SELECT DISTINCT topic, `partition` FROM (\
+                 SELECT topic, `partition` FROM {db}.records GROUP BY topic, `partition` \
+                 UNION ALL \
+                 SELECT topic, `partition` FROM {db}.checkpoints GROUP BY topic, `partition`) \
+                 ORDER BY topic, `partition`",
+                db = self.database
+            ))
+            .fetch_all()
+            .await
+            .map_err(query_failed("archived partitions"))
+    }
+
+    /// A partition's checkpoints, by last offset.
+    pub async fn checkpoints(&self, topic: &str, partition: i32) -> Result<Vec<CheckpointRow>> {
+        self.client
+            .query(&format!(
+                "SELECT ?fields FROM {}.checkpoints WHERE topic = ? AND `partition` = ? \
+                 ORDER BY last_offset, first_offset, created_at_us",
+                self.database
+            ))
+            .bind(topic)
+            .bind(partition)
+            .fetch_all()
+            .await
+            .map_err(query_failed(format!("checkpoints of {topic}/{partition}")))
+    }
+
+    /// A cursor over a partition's entries with `from <= offset <= to`, in offset order (rows
+    /// sharing an offset in the order ClickHouse has them).
+    pub fn entries(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<clickhouse::query::RowCursor<ArchiveRow>> {
+        self.client
+            .query(&format!(
+                "SELECT ?fields FROM {}.records WHERE topic = ? AND `partition` = ? \
+                 AND `offset` >= ? AND `offset` <= ? ORDER BY `offset`",
+                self.database
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(from)
+            .bind(to)
+            .fetch::<ArchiveRow>()
+            .map_err(query_failed(format!("entries of {topic}/{partition}")))
+    }
+
+    /// Every entry whose `event_id` is `event_id` (one, unless the archive was tampered with
+    /// or the producer sent the event twice).
+    pub async fn entries_of_event(&self, event_id: &str) -> Result<Vec<ArchiveRow>> {
+        self.client
+            .query(&format!(
+                "SELECT ?fields FROM {}.records WHERE event_id = ? \
+                 ORDER BY topic, `partition`, `offset`",
+                self.database
+            ))
+            .bind(event_id)
+            .fetch_all()
+            .await
+            .map_err(query_failed(format!("entries of event {event_id}")))
+    }
+}
