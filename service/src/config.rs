@@ -23,7 +23,7 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "registry",
     "producer",
     "projector",
-    "archiver",
+    "archive",
     "api",
 ];
 
