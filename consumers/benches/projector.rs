@@ -368,10 +368,10 @@ async fn main() {
     };
     let clickhouse = |database: &str| ClickHouseConfig {
         url: server.url(),
-        user: "default".to_owned(),
+        user: ledgerline_tests::clickhouse::ADMIN.to_owned(),
+        password: server.password().into(),
         database: database.to_owned(),
         compression,
-        ..ClickHouseConfig::default()
     };
 
     let produced = fill(&broker, &codec, count).await;

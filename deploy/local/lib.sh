@@ -125,7 +125,22 @@ clickhouse_healthy() {
   [[ "$(curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping" 2>/dev/null)" == "Ok." ]]
 }
 
-# clickhouse_sql SQL: runs SQL as the loopback-only admin user (POST: GET is read-only).
+# One `user=password` line per ClickHouse user (`default`, the admin, and one per role),
+# written by `up`, which renders them into users.xml.
+CLICKHOUSE_CREDENTIALS="$STATE_DIR/clickhouse/credentials"
+
+# clickhouse_password USER -> prints USER's password from CLICKHOUSE_CREDENTIALS.
+clickhouse_password() {
+  sed -n "s/^$1=//p" "$CLICKHOUSE_CREDENTIALS" 2>/dev/null
+}
+
+# clickhouse_sql SQL: runs SQL as the loopback-only admin user `default` (POST: GET is
+# read-only). The password reaches curl on stdin, not on its command line, which every local
+# user can read in /proc.
 clickhouse_sql() {
-  curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/" --data-binary "$1"
+  local password
+  password="$(clickhouse_password default)"
+  [[ -n "$password" ]] || die "no default= line in $CLICKHOUSE_CREDENTIALS (deploy/local/up writes it)"
+  printf 'user = "default:%s"\n' "$password" \
+    | curl -fsS --config - "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/" --data-binary "$1"
 }

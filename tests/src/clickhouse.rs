@@ -1,6 +1,7 @@
 //! A ClickHouse server on free loopback ports, configured from the same templates as the local
 //! stack (`deploy/clickhouse/*.xml.in`), so tests run against the users and walls production
-//! uses: projector, archiver, api and auditor, each limited to its database.
+//! uses: projector, archiver, api and auditor, each limited to its database, and the `default`
+//! administrator, which needs a password like every other user (docs/clickhouse-users.md).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +17,10 @@ const USERS_TEMPLATE: &str = include_str!("../../deploy/clickhouse/users.xml.in"
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: u32 = 3;
 
+/// The administrator (loopback only, every right): tests use it to set up databases and tables
+/// and to check what a role did.
+pub const ADMIN: &str = "default";
+
 /// The Ledgerline roles that have a ClickHouse user.
 pub const ROLES: [&str; 4] = ["projector", "archiver", "api", "auditor"];
 
@@ -23,7 +28,7 @@ pub const ROLES: [&str; 4] = ["projector", "archiver", "api", "auditor"];
 pub struct ClickHouseServer {
     http_port: u16,
     tcp_port: u16,
-    /// Random per server; the `default` user (loopback only) has none.
+    /// Random per server, and the password of every user on it: [`ADMIN`] and the [`ROLES`].
     password: String,
     dir: tempfile::TempDir,
     binary: PathBuf,
@@ -61,7 +66,7 @@ impl ClickHouseServer {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
-    /// The password of a role's user (see [`ROLES`]); the same for every role on one server.
+    /// The password of [`ADMIN`] and of every role's user (see [`ROLES`]): one per server.
     pub fn password(&self) -> &str {
         &self.password
     }
@@ -70,17 +75,19 @@ impl ClickHouseServer {
         self.dir.path().join("clickhouse-server.err.log")
     }
 
-    /// A client as the `default` (admin) user. Validation is off because the crate's schema
-    /// validation sends a setting ClickHouse 18.16 does not know.
+    /// A client as the [`ADMIN`] user.
     pub fn client(&self) -> clickhouse::Client {
-        clickhouse::Client::default()
-            .with_url(self.url())
-            .with_validation(false)
+        self.client_as(ADMIN)
     }
 
-    /// A client as one of the [`ROLES`].
-    pub fn client_as(&self, role: &str) -> clickhouse::Client {
-        self.client().with_user(role).with_password(&self.password)
+    /// A client as one of the [`ROLES`] (or [`ADMIN`]), with its password. Validation is off
+    /// because the crate's schema validation sends a setting ClickHouse 18.16 does not know.
+    pub fn client_as(&self, user: &str) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(self.url())
+            .with_user(user)
+            .with_password(&self.password)
+            .with_validation(false)
     }
 
     /// Creates a database with a random name and returns the name.
@@ -112,12 +119,11 @@ impl ClickHouseServer {
             .replace("@CONFIG_DIR@", &dir.display().to_string())
             .replace("@HTTP_PORT@", &self.http_port.to_string())
             .replace("@TCP_PORT@", &self.tcp_port.to_string());
-        let users = ROLES.iter().fold(USERS_TEMPLATE.to_owned(), |users, role| {
-            users.replace(
-                &format!("@{}_PASSWORD@", role.to_ascii_uppercase()),
-                &self.password,
-            )
-        });
+        let mut users = USERS_TEMPLATE.to_owned();
+        for user in std::iter::once(ADMIN).chain(ROLES) {
+            let marker = format!("@{}_PASSWORD@", user.to_ascii_uppercase());
+            users = users.replace(&marker, &self.password);
+        }
         std::fs::write(dir.join("config.xml"), config)?;
         std::fs::write(dir.join("users.xml"), users)?;
         let mut command = Command::new(&self.binary);

@@ -366,11 +366,14 @@ listen = \"127.0.0.1:0\"
 
 [projector.clickhouse]
 url = \"{clickhouse}\"
-user = \"default\"
+user = \"{user}\"
+password = \"{password}\"
 database = \"{database}\"
 ",
         registry = harness.registry.url(),
         clickhouse = harness.clickhouse.url(),
+        user = ledgerline_tests::clickhouse::ADMIN,
+        password = harness.clickhouse.password(),
         database = names::database(),
         group = names::group(),
     );

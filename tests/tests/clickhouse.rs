@@ -1,5 +1,5 @@
 //! The ClickHouse the harness starts takes RowBinary inserts and selects through the
-//! `clickhouse` crate, and enforces the per-role walls from `deploy/clickhouse/users.xml.in`.
+//! `clickhouse` crate. Its per-role walls are tested in `clickhouse_walls.rs`.
 
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -57,67 +57,4 @@ async fn rows_inserted_with_row_binary_read_back_equal() {
         .await
         .unwrap();
     assert_eq!((count, with_tag), (1000, 333));
-}
-
-#[tokio::test]
-async fn roles_are_walled_into_their_databases() {
-    let harness = Harness::shared().unwrap();
-    let admin = harness.clickhouse.client();
-    for statement in [
-        "CREATE DATABASE IF NOT EXISTS ledgerline",
-        "CREATE DATABASE IF NOT EXISTS ledgerline_audit",
-        "CREATE TABLE IF NOT EXISTS ledgerline_audit.wall_probe (x UInt8) ENGINE = MergeTree ORDER BY x",
-        "CREATE TABLE IF NOT EXISTS ledgerline.wall_probe (x UInt8) ENGINE = MergeTree ORDER BY x",
-    ] {
-        admin.query(statement).execute().await.unwrap();
-    }
-    let count = |role: &'static str, table: &'static str| async move {
-        harness
-            .clickhouse
-            .client_as(role)
-            .query(&format!("SELECT count() FROM {table}"))
-            .fetch_one::<u64>()
-            .await
-    };
-    let insert = |role: &'static str, table: &'static str| async move {
-        harness
-            .clickhouse
-            .client_as(role)
-            .query(&format!("INSERT INTO {table} VALUES (1)"))
-            .execute()
-            .await
-    };
-
-    // Only the archiver writes the audit archive; only the auditor and archiver read it.
-    insert("archiver", "ledgerline_audit.wall_probe")
-        .await
-        .unwrap();
-    count("auditor", "ledgerline_audit.wall_probe")
-        .await
-        .unwrap();
-    for role in ["projector", "api"] {
-        let error = count(role, "ledgerline_audit.wall_probe")
-            .await
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("Access denied"),
-            "{role}: {error}"
-        );
-    }
-    let error = insert("auditor", "ledgerline_audit.wall_probe")
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("readonly"), "{error}");
-    let error = insert("projector", "ledgerline_audit.wall_probe")
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("Access denied"), "{error}");
-
-    // The projector writes events; the api only reads them.
-    insert("projector", "ledgerline.wall_probe").await.unwrap();
-    count("api", "ledgerline.wall_probe").await.unwrap();
-    let error = insert("api", "ledgerline.wall_probe").await.unwrap_err();
-    assert!(error.to_string().contains("readonly"), "{error}");
-    let error = count("auditor", "ledgerline.wall_probe").await.unwrap_err();
-    assert!(error.to_string().contains("Access denied"), "{error}");
 }

@@ -328,7 +328,8 @@ async fn confluent_python_events_of_every_category_land_through_the_projector_un
     let registry = ledgerline_tests::RegistryServer::start(&broker.bootstrap()).unwrap();
     let clickhouse = ClickHouseConfig {
         url: harness.clickhouse.url(),
-        user: "default".to_owned(),
+        user: ledgerline_tests::clickhouse::ADMIN.to_owned(),
+        password: harness.clickhouse.password().into(),
         database: names::database(),
         ..ClickHouseConfig::default()
     };

@@ -38,7 +38,8 @@ async fn stack() -> Stack {
     let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
     let clickhouse = ClickHouseConfig {
         url: harness.clickhouse.url(),
-        user: "default".to_owned(),
+        user: ledgerline_tests::clickhouse::ADMIN.to_owned(),
+        password: harness.clickhouse.password().into(),
         database: names::database(),
         ..ClickHouseConfig::default()
     };
@@ -407,6 +408,7 @@ async fn nothing_is_lost_while_clickhouse_is_down_for_20_seconds() {
     let mut clickhouse_server = ledgerline_tests::ClickHouseServer::start().unwrap();
     let mut stack = stack().await;
     stack.clickhouse.url = clickhouse_server.url();
+    stack.clickhouse.password = clickhouse_server.password().into();
     let ledger = stack.ledger().await;
     let (stop, task, _) = stack.projector(1 << 20).await;
 

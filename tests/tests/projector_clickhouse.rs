@@ -296,7 +296,8 @@ async fn resume_positions_follow_the_greatest_stored_offset_per_partition() {
     let harness = Harness::shared().unwrap();
     let mut sink = ProjectorSink::start(&ClickHouseConfig {
         url: harness.clickhouse.url(),
-        user: "default".to_owned(),
+        user: ledgerline_tests::clickhouse::ADMIN.to_owned(),
+        password: harness.clickhouse.password().into(),
         database: database.clone(),
         ..ClickHouseConfig::default()
     })

@@ -28,7 +28,8 @@ impl ProcessStack {
         let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
         let clickhouse = ClickHouseConfig {
             url: harness.clickhouse.url(),
-            user: "default".to_owned(),
+            user: ledgerline_tests::clickhouse::ADMIN.to_owned(),
+            password: harness.clickhouse.password().into(),
             database: names::database(),
             ..ClickHouseConfig::default()
         };
