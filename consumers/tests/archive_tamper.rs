@@ -534,9 +534,7 @@ async fn two_rows_with_swapped_contents_are_reordered() {
     let names = column_list(&columns);
     let src = &archived.clickhouse.database;
     // The swapped pair is written into the copy in place of the originals.
-    let statements = [format!(
-        "ALTER TABLE {{db}}.records DELETE WHERE `offset` IN (60, 61)"
-    )];
+    let statements = ["ALTER TABLE {db}.records DELETE WHERE `offset` IN (60, 61)".to_owned()];
     let tampered = archived.tampered(&statements).await;
     archived
         .client()
@@ -630,4 +628,282 @@ async fn the_wrong_trusted_key_fails_every_checkpoint() {
         .problems
         .iter()
         .all(|p| p.kind == ProblemKind::UnknownKey));
+}
+
+impl Archived {
+    /// `ledgerline-consumer archive <args>` against the archive in `db`, configured through the
+    /// environment as an operator would, as the admin user.
+    fn command(&self, db: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline-consumer"))
+            .arg("archive")
+            .args(args)
+            .env_remove("LEDGERLINE_CONFIG")
+            .env("LEDGERLINE_KAFKA__BROKERS", self.kafka.brokers.as_str())
+            .env("LEDGERLINE_SCHEMA_REGISTRY__URL", &self.registry_url)
+            .env("LEDGERLINE_ARCHIVE__CLICKHOUSE__URL", &self.clickhouse.url)
+            .env(
+                "LEDGERLINE_ARCHIVE__CLICKHOUSE__USER",
+                &self.clickhouse.user,
+            )
+            .env(
+                "LEDGERLINE_ARCHIVE__CLICKHOUSE__PASSWORD",
+                self.clickhouse.password.expose_secret(),
+            )
+            .env("LEDGERLINE_ARCHIVE__CLICKHOUSE__DATABASE", db)
+            .env("LEDGERLINE_ARCHIVE__GROUP_ID", &self.group)
+            .output()
+            .unwrap()
+    }
+
+    fn public_key(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verify_command_exits_by_its_verdict_and_names_the_first_bad_entry() {
+    let archived = archived().await;
+    let key = archived.public_key();
+    let intact = archived.command(
+        &archived.clickhouse.database,
+        &["verify", "--public-key", &key],
+    );
+    let stdout = String::from_utf8_lossy(&intact.stdout);
+    assert_eq!(
+        intact.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&intact.stderr)
+    );
+    assert!(
+        stdout.contains("ledgerline.audit/0: intact — 232 entries"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("archive intact\n"), "{stdout}");
+
+    let db = archived
+        .tampered(&["ALTER TABLE {db}.records DELETE WHERE `offset` = 77".to_owned()])
+        .await;
+    let broken = archived.command(&db, &["verify", "--public-key", &key]);
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(broken.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ledgerline.audit/0: BROKEN"), "{stdout}");
+    assert!(stdout.contains("first bad: missing: offset 77"), "{stdout}");
+
+    let json = archived.command(&db, &["verify", "--json", "--public-key", &key]);
+    assert_eq!(json.status.code(), Some(1));
+    let report: Report = serde_json::from_slice(&json.stdout).unwrap();
+    let first = report.partitions[0].first_problem().unwrap();
+    assert_eq!((first.kind, first.offset), (ProblemKind::Missing, Some(77)));
+
+    // A key it does not trust: every checkpoint is named, and the exit says broken.
+    let other = checkpoint::load_signing_key(&checkpoint::generate().unwrap().secret_file).unwrap();
+    let untrusted = archived.command(
+        &archived.clickhouse.database,
+        &[
+            "verify",
+            "--public-key",
+            &hex::encode(other.verifying_key().as_bytes()),
+        ],
+    );
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&untrusted.stdout).contains("first bad: unknown key"));
+
+    // It could not run at all (no such server): exit 2, with the reason.
+    let unreachable = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline-consumer"))
+        .args([
+            "archive",
+            "verify",
+            "--no-kafka",
+            "--no-decode",
+            "--public-key",
+            &key,
+        ])
+        .env_remove("LEDGERLINE_CONFIG")
+        .env("LEDGERLINE_ARCHIVE__CLICKHOUSE__URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("Error:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_writes_a_private_key_file_once_and_prints_its_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.key");
+    let keygen = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline-consumer"))
+            .args(["archive", "keygen", "--out"])
+            .arg(&path)
+            .env_remove("LEDGERLINE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let first = keygen();
+    assert!(first.status.success(), "{first:?}");
+    let stdout = String::from_utf8_lossy(&first.stdout).to_string();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let key = checkpoint::load_signing_key(&text.clone().into()).unwrap();
+    assert!(
+        stdout.contains(&format!("key_id: {}", key.key_id())),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&hex::encode(key.verifying_key().as_bytes())));
+    assert!(
+        !stdout.contains(text.lines().last().unwrap()),
+        "the seed is never printed"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never overwritten.
+    let second = keygen();
+    assert_eq!(second.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}
+
+/// Flips one byte of `path` at `position` to another printable byte.
+fn flip(path: &std::path::Path, position: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[position] = if bytes[position] == b'0' { b'1' } else { b'0' };
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_checks_with_the_public_key_alone_and_fails_after_a_one_byte_edit() {
+    let archived = archived().await;
+    let key = archived.public_key();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proof.json");
+    let event_id = archived.event_id_at(120).await;
+    let db = &archived.clickhouse.database;
+    let prove = archived.command(db, &["prove", &event_id, "--out", path.to_str().unwrap()]);
+    assert!(prove.status.success(), "{prove:?}");
+    let check = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline-consumer"))
+            .args(["archive", "check-proof"])
+            .arg(path)
+            .args(["--public-key", &key])
+            .env_remove("LEDGERLINE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let checked = check(&path);
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(
+        checked.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        stdout.contains(&event_id) && stdout.contains("\"offset\":120"),
+        "{stdout}"
+    );
+
+    // A one-byte edit anywhere: spread over the file, every edit fails the check.
+    let original = std::fs::read(&path).unwrap();
+    let step = (original.len() / 40).max(1);
+    for position in (0..original.len()).step_by(step) {
+        if original[position].is_ascii_whitespace() {
+            continue;
+        }
+        std::fs::write(&path, &original).unwrap();
+        flip(&path, position);
+        if std::fs::read(&path).unwrap() == original {
+            continue;
+        }
+        let edited = check(&path);
+        assert_eq!(
+            edited.status.code(),
+            Some(1),
+            "byte {position} edited, still accepted: {}",
+            String::from_utf8_lossy(&edited.stdout)
+        );
+    }
+
+    // After the last checkpoint there is no proof yet, and prove says so.
+    let unsigned = archived.event_id_at(SIGNED_THROUGH + 5).await;
+    let refused = archived.command(db, &["prove", &unsigned]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("checkpoint"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_verifies_offline_and_fails_after_a_one_byte_edit_in_any_file() {
+    let archived = archived().await;
+    let key = archived.public_key();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let db = &archived.clickhouse.database;
+    let export = archived.command(
+        db,
+        &[
+            "export",
+            "--from",
+            "60",
+            "--to",
+            "140",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(export.status.success(), "{export:?}");
+    let verify_bundle = || {
+        // Offline: no ClickHouse, Kafka or registry is configured.
+        std::process::Command::new(env!("CARGO_BIN_EXE_ledgerline-consumer"))
+            .args(["archive", "verify", "--bundle"])
+            .arg(&out)
+            .args(["--public-key", &key])
+            .env_remove("LEDGERLINE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let verified = verify_bundle();
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(stdout.contains("archive intact"), "{stdout}");
+
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for file in &files {
+        let original = std::fs::read(file).unwrap();
+        for position in [original.len() / 3, original.len() / 2, original.len() - 2] {
+            if original[position].is_ascii_whitespace() {
+                continue;
+            }
+            flip(file, position);
+            let edited = verify_bundle();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&edited.stdout),
+                String::from_utf8_lossy(&edited.stderr)
+            );
+            assert_ne!(
+                edited.status.code(),
+                Some(0),
+                "{} byte {position} edited, still intact: {said}",
+                file.display()
+            );
+            let name = file.file_name().unwrap().to_str().unwrap();
+            assert!(
+                said.contains(name) || said.contains("BROKEN"),
+                "{name} byte {position}: {said}"
+            );
+            std::fs::write(file, &original).unwrap();
+        }
+    }
+    assert_eq!(verify_bundle().status.code(), Some(0));
 }

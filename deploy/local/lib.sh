@@ -24,6 +24,7 @@ CLICKHOUSE_HTTP_PORT=8123
 CLICKHOUSE_TCP_PORT=9000
 REGISTRY_PORT=8081
 PROJECTOR_PORT=9101
+ARCHIVE_PORT=9102
 
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
 # unused), and Debian's ClickHouse 18.16.
@@ -115,6 +116,10 @@ broker_healthy() {
 
 projector_healthy() {
   curl -fsS "http://127.0.0.1:$PROJECTOR_PORT/health" >/dev/null 2>&1
+}
+
+archive_healthy() {
+  curl -fsS "http://127.0.0.1:$ARCHIVE_PORT/health" >/dev/null 2>&1
 }
 
 registry_healthy() {

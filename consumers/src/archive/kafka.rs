@@ -43,6 +43,19 @@ impl BrokerView {
 }
 
 impl KafkaView for BrokerView {
+    fn partitions(&self, topic: &str) -> Result<Vec<i32>, String> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|error| format!("metadata of {topic}: {error}"))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|held| held.name() == topic && held.error().is_none())
+            .flat_map(|held| held.partitions().iter().map(|partition| partition.id()))
+            .collect())
+    }
+
     fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), String> {
         self.consumer
             .fetch_watermarks(topic, partition, TIMEOUT)

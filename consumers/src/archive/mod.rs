@@ -21,20 +21,20 @@
 //!
 //! # Modules
 //!
-//! - [`chain`]: the genesis value, the record hash and the gap hash;
-//! - [`merkle`]: RFC 6962 tree hashing, inclusion proofs and their RFC 9162 verification;
-//! - [`checkpoint`]: the checkpoint, its canonical encoding and hash, the signing-key file and
+//! - [`chain`] — the genesis value, the record hash and the gap hash;
+//! - [`merkle`] — RFC 6962 tree hashing, inclusion proofs and their RFC 9162 verification;
+//! - [`checkpoint`] — the checkpoint, its canonical encoding and hash, the signing-key file and
 //!   Ed25519 signing and verification against trusted keys;
-//! - [`schema`], [`row`], [`store`]: the `records` and `checkpoints` tables, their rows, reads;
-//! - [`config`]: `[archive]`;
-//! - [`sink`]: the runtime sink that chains, inserts and checkpoints;
-//! - [`verify`]: the verification library behind `archive verify` (and the API);
-//! - [`proof`]: one event's inclusion proof, and its offline check;
-//! - [`bundle`]: the self-verifying export for reviewers.
+//! - [`schema`], [`row`], [`store`] — the `records` and `checkpoints` tables, their rows, reads;
+//! - [`config`] — `[archive]`;
+//! - [`sink`] — the runtime sink that chains, inserts and checkpoints;
+//! - [`verify`] — the verification library behind `archive verify` (and the API);
+//! - [`proof`] — one event's inclusion proof, and its offline check;
+//! - [`bundle`] — the self-verifying export for reviewers.
 //!
 //! # Metrics
 //!
-//! `ledgerline_archive_records_total`, `ledgerline_archive_checkpoints_total`,
+//! `ledgerline_archive_records_total{kind}` (event, undecodable, gap), `ledgerline_archive_checkpoints_total`,
 //! `ledgerline_archive_head_offset{topic,partition}`, `ledgerline_archive_verify_ok` (1 or 0)
 //! and `ledgerline_archive_verify_timestamp_seconds` from the periodic self-verify, besides the
 //! runtime's metrics with `consumer="archive"`.

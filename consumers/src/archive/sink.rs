@@ -212,8 +212,13 @@ impl ArchiveSink {
             }
             let table = format!("{}.records", store.database());
             insert_rows(store.client(), &table, &chained).await?;
-            metrics::counter!("ledgerline_archive_records_total", "kind" => "all")
-                .increment(chained.len() as u64);
+            for kind in [KIND_EVENT, KIND_UNDECODABLE, KIND_GAP] {
+                let entries = chained.iter().filter(|row| row.kind == kind).count();
+                if entries > 0 {
+                    metrics::counter!("ledgerline_archive_records_total", "kind" => kind)
+                        .increment(entries as u64);
+                }
+            }
             for row in &chained {
                 if let Some(hash) = row.hash_bytes() {
                     if chain.segment.is_empty() {
@@ -266,9 +271,26 @@ impl Sink for ArchiveSink {
         Ok(positions)
     }
 
+    /// Signs what is pending before letting a partition go (a rebalance, or a graceful
+    /// stop): the next owner starts a fresh segment, and an operator who stops the archiver
+    /// (before retention, say) leaves nothing unsigned behind. Still ours here: the group
+    /// waits for this callback.
     async fn on_revoke(&mut self, partitions: &[TopicPartition]) {
         for partition in partitions {
-            self.chains.remove(partition);
+            let Some(mut chain) = self.chains.remove(partition) else {
+                continue;
+            };
+            let owned = chain.ownership.as_ref().is_some_and(Ownership::is_current);
+            if !owned {
+                continue;
+            }
+            let signed = match cut_due(&self.keys, self.cadence, partition, &mut chain, true) {
+                Ok(()) => write_checkpoints(&self.store, &mut chain).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = signed {
+                tracing::warn!(%partition, %error, "could not sign the pending entries before giving the partition up; its next owner will");
+            }
         }
     }
 
@@ -537,4 +559,105 @@ fn now_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::archive::checkpoint::{generate, load_signing_key, TrustedKeys};
+
+    fn key() -> Arc<ArchiveSigningKey> {
+        Arc::new(load_signing_key(&generate().unwrap().secret_file).unwrap())
+    }
+
+    fn chain(entries: i64, last_checkpoint_key: Option<(String, Option<String>)>) -> Chain {
+        let mut head = GENESIS;
+        let segment = (0..entries)
+            .map(|offset| {
+                head = chain::record_hash(&head, "ledgerline.audit", 0, offset, None, None, b"v");
+                SegmentEntry {
+                    offset,
+                    last_offset: offset,
+                    hash: head,
+                }
+            })
+            .collect();
+        Chain {
+            head_offset: entries - 1,
+            head_hash: head,
+            segment,
+            segment_started: Instant::now(),
+            previous_checkpoint_hash: GENESIS,
+            last_checkpoint_key,
+            pending: Vec::new(),
+            ownership: None,
+        }
+    }
+
+    const HOUR: Cadence = Cadence {
+        every_entries: 4,
+        every: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn full_segments_are_cut_and_chained_and_the_rest_waits() {
+        let keys = SigningKeys {
+            current: key(),
+            previous: None,
+        };
+        let partition = TopicPartition::new("ledgerline.audit", 0);
+        let mut chain = chain(10, None);
+        cut_due(&keys, HOUR, &partition, &mut chain, false).unwrap();
+        let cut: Vec<(i64, i64, u64)> = chain
+            .pending
+            .iter()
+            .map(|signed| {
+                let c = &signed.checkpoint;
+                (c.first_offset, c.last_offset, c.count)
+            })
+            .collect();
+        assert_eq!(cut, [(0, 3, 4), (4, 7, 4)]);
+        assert_eq!(chain.segment.len(), 2);
+        assert_eq!(
+            chain.pending[1].checkpoint.previous_checkpoint_hash,
+            chain.pending[0].checkpoint.hash()
+        );
+        let mut trusted = TrustedKeys::new();
+        trusted.insert(keys.current.verifying_key());
+        for signed in &chain.pending {
+            signed.verify(&trusted).unwrap();
+        }
+        // Forced (a revocation): the rest is signed too.
+        cut_due(&keys, HOUR, &partition, &mut chain, true).unwrap();
+        assert_eq!(chain.pending.len(), 3);
+        assert_eq!(chain.pending[2].checkpoint.last_offset, 9);
+        assert_eq!(chain.pending[2].checkpoint.head_hash, chain.head_hash);
+    }
+
+    #[test]
+    fn a_rotation_is_announced_by_the_old_key_then_the_new_key_signs() {
+        let (old, new) = (key(), key());
+        let keys = SigningKeys {
+            current: Arc::clone(&new),
+            previous: Some(Arc::clone(&old)),
+        };
+        let partition = TopicPartition::new("ledgerline.audit", 0);
+        let mut chain = chain(6, Some((old.key_id().to_owned(), None)));
+        cut_due(&keys, HOUR, &partition, &mut chain, false).unwrap();
+        let first = &chain.pending[0].checkpoint;
+        assert_eq!(first.key_id, old.key_id());
+        assert_eq!(first.next_key_id.as_deref(), Some(new.key_id()));
+        assert!(chain.pending[1..]
+            .iter()
+            .all(|signed| signed.checkpoint.key_id == new.key_id()));
+        // Announced once: the next cut does not rotate again.
+        let before = chain.pending.len();
+        cut_due(&keys, HOUR, &partition, &mut chain, true).unwrap();
+        assert!(chain.pending[before..]
+            .iter()
+            .all(|signed| signed.checkpoint.key_id == new.key_id()
+                && signed.checkpoint.next_key_id.is_none()));
+    }
 }

@@ -46,6 +46,25 @@ pub struct ArchivedPartition {
     pub partition: i32,
 }
 
+/// [`ArchiveRow`]'s columns, in its order, for [`ArchiveStore::chain_entries`]: the event
+/// columns after `event_id` are their type's default on `event` rows.
+const CHAIN_COLUMNS: &str = "topic, `partition`, `offset`, last_offset, kind, timestamp_ms, key, \
+     value, schema_id, reject_reason, reject_error, event_id, \
+     if(kind = 'event', defaultValueOfArgumentType(occurred_at_us), occurred_at_us), \
+     if(kind = 'event', '', name), if(kind = 'event', '', level), \
+     if(kind = 'event', '', service), if(kind = 'event', '', service_version), \
+     if(kind = 'event', '', host), if(kind = 'event', '', message), \
+     if(kind = 'event', NULL, trace_id), if(kind = 'event', NULL, span_id), \
+     if(kind = 'event', NULL, request_id), \
+     if(kind = 'event', defaultValueOfArgumentType(attr_keys), attr_keys), \
+     if(kind = 'event', defaultValueOfArgumentType(attr_values), attr_values), \
+     if(kind = 'event', '', actor_id), if(kind = 'event', '', actor_kind), \
+     if(kind = 'event', '', actor_ip), if(kind = 'event', NULL, actor_user_agent), \
+     if(kind = 'event', '', action), if(kind = 'event', NULL, target_kind), \
+     if(kind = 'event', NULL, target_id), if(kind = 'event', '', outcome), \
+     if(kind = 'event', NULL, reason), if(kind = 'event', '', details), \
+     prev_hash, hash, archived_at_us";
+
 impl ArchiveStore {
     pub fn new(client: clickhouse::Client, database: &str) -> Result<Self> {
         Ok(Self {
@@ -173,6 +192,31 @@ impl ArchiveStore {
             .map_err(query_failed(format!("entries of {topic}/{partition}")))
     }
 
+    /// [`Self::entries`] for a `verify` that does not decode the values (`Decoder::None`), so
+    /// never compares an event's columns with its bytes: those columns of `event` entries come
+    /// back empty (ClickHouse sorts and sends empty values instead of them), everything else as
+    /// stored, including the event columns of undecodable entries and gaps, which must be empty.
+    pub fn chain_entries(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<clickhouse::query::RowCursor<ArchiveRow>> {
+        self.client
+            .query(&format!(
+                "SELECT {CHAIN_COLUMNS} FROM {}.records WHERE topic = ? AND `partition` = ? \
+                 AND `offset` >= ? AND `offset` <= ? ORDER BY `offset`",
+                self.database
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(from)
+            .bind(to)
+            .fetch::<ArchiveRow>()
+            .map_err(query_failed(format!("entries of {topic}/{partition}")))
+    }
+
     /// Every entry whose `event_id` is `event_id` (one, unless the archive was tampered with
     /// or the producer sent the event twice).
     pub async fn entries_of_event(&self, event_id: &str) -> Result<Vec<ArchiveRow>> {
@@ -186,5 +230,48 @@ impl ArchiveStore {
             .fetch_all()
             .await
             .map_err(query_failed(format!("entries of event {event_id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clickhouse::Row;
+
+    use super::*;
+
+    /// `chain_entries` reads rows by position: its columns must be `ArchiveRow`'s, in order.
+    #[test]
+    fn chain_columns_are_the_row_columns_in_order() {
+        let mut items = Vec::new();
+        let (mut depth, mut item) = (0, String::new());
+        for c in CHAIN_COLUMNS.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(std::mem::take(&mut item));
+                    continue;
+                }
+                _ => {}
+            }
+            item.push(c);
+        }
+        items.push(item);
+        let columns: Vec<String> = items
+            .iter()
+            .map(|item| {
+                let item = item.trim().replace('`', "");
+                match item.strip_prefix("if(kind = 'event', ") {
+                    Some(rest) => rest
+                        .rsplit(", ")
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches(')')
+                        .to_owned(),
+                    None => item,
+                }
+            })
+            .collect();
+        assert_eq!(columns, ArchiveRow::COLUMN_NAMES);
     }
 }

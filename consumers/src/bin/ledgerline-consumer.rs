@@ -19,7 +19,7 @@ use ledgerline_consumers::archive::checkpoint::{self, TrustedKeys};
 use ledgerline_consumers::archive::kafka::BrokerView;
 use ledgerline_consumers::archive::store::ArchiveStore;
 use ledgerline_consumers::archive::verify::{self, Decoder, KafkaView, VerifyOptions};
-use ledgerline_consumers::archive::{self, ArchiveSettings};
+use ledgerline_consumers::archive::{self, bundle, proof, ArchiveSettings};
 use ledgerline_consumers::projector::{self, ProjectorSettings};
 use ledgerline_schemas::EventCodec;
 use ledgerline_service::telemetry::{self, TelemetryConfig};
@@ -140,7 +140,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(Cli::parse())) {
         Ok(code) => code,
         Err(error) => {
-            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            // The same report `fn main() -> anyhow::Result<()>` prints: the error and its causes.
+            let _ = writeln!(std::io::stderr(), "Error: {error:?}");
             ExitCode::from(2)
         }
     }
@@ -171,7 +172,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             ArchiveCommand::Keygen { out } => keygen(&out)?,
             ArchiveCommand::Verify(args) => return verify_command(&source, args).await,
-            _ => bail!("stub"),
+            ArchiveCommand::Prove { event_id, out } => {
+                let settings = ArchiveSettings::load(&source)?;
+                let store = store(&settings)?;
+                let proof = proof::prove(&store, &event_id).await?;
+                let text = proof::to_json(&proof);
+                match out {
+                    Some(path) => std::fs::write(&path, text)
+                        .with_context(|| format!("failed to write {}", path.display()))?,
+                    None => print(&text)?,
+                }
+            }
+            ArchiveCommand::CheckProof { file, public_keys } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("failed to read {}", file.display()))?;
+                let trusted = trusted_from_hex(&public_keys)?;
+                let checked =
+                    proof::from_json(&text).and_then(|proof| proof::check(&proof, &trusted));
+                return Ok(match checked {
+                    Ok(summary) => {
+                        print(&format!(
+                            "proof valid: {}\n",
+                            serde_json::to_string(&summary)?
+                        ))?;
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        print(&format!("PROOF INVALID: {error}\n"))?;
+                        ExitCode::from(1)
+                    }
+                });
+            }
+            ArchiveCommand::Export {
+                partition,
+                from,
+                to,
+                out,
+            } => {
+                let settings = ArchiveSettings::load(&source)?;
+                let store = store(&settings)?;
+                let codec = EventCodec::new(&settings.schema_registry)?;
+                let keys = configured_public_keys(&settings)?;
+                let options = bundle::ExportOptions {
+                    partition,
+                    from,
+                    to,
+                };
+                let summary = bundle::export(&store, &codec, &keys, &options, &out).await?;
+                print(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
+            }
         },
     }
     Ok(ExitCode::SUCCESS)
@@ -200,8 +249,13 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
 }
 
 async fn verify_command(source: &ConfigSource, args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let report = if let Some(_dir) = &args.bundle {
-        bail!("stub")
+    let report = if let Some(dir) = &args.bundle {
+        let trusted = if args.public_keys.is_empty() {
+            None
+        } else {
+            Some(trusted_from_hex(&args.public_keys)?)
+        };
+        bundle::verify_bundle(dir, trusted.as_ref()).await?
     } else {
         let settings = ArchiveSettings::load(source)?;
         let store = store(&settings)?;
