@@ -90,6 +90,10 @@ const WRITE_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
+    /// Verification could not run (the bundle's entries are in memory, so only an internal
+    /// failure gets here).
+    #[error(transparent)]
+    Verify(#[from] super::verify::RunError),
     #[error("bundle i/o failed on {path}")]
     Io {
         path: PathBuf,

@@ -185,6 +185,21 @@ impl ArchiveSink {
         })
     }
 
+    /// Cuts and writes the checkpoints due by time on every partition this member still owns
+    /// (and retries any whose insert failed).
+    async fn sign_waiting(&mut self) -> Result<()> {
+        let (store, keys, cadence) = (&self.store, &self.keys, self.cadence);
+        for (partition, chain) in &mut self.chains {
+            let owned = chain.ownership.as_ref().is_some_and(Ownership::is_current);
+            if !owned {
+                continue;
+            }
+            cut_due(keys, cadence, partition, chain, false)?;
+            write_checkpoints(store, chain).await?;
+        }
+        Ok(())
+    }
+
     /// Writes one partition's records: chained rows, then any checkpoints due.
     async fn write_partition(
         store: &ArchiveStore,
@@ -271,6 +286,14 @@ impl Sink for ArchiveSink {
         Ok(positions)
     }
 
+    fn on_owned(&mut self, owned: Vec<Ownership>) {
+        for ownership in owned {
+            if let Some(chain) = self.chains.get_mut(ownership.partition()) {
+                chain.ownership = Some(ownership);
+            }
+        }
+    }
+
     /// Signs what is pending before letting a partition go (a rebalance, or a graceful
     /// stop): the next owner starts a fresh segment, and an operator who stops the archiver
     /// (before retention, say) leaves nothing unsigned behind. Still ours here: the group
@@ -295,18 +318,9 @@ impl Sink for ArchiveSink {
     }
 
     async fn on_idle(&mut self) -> std::result::Result<(), SinkError> {
-        let (store, keys, cadence) = (&self.store, &self.keys, self.cadence);
-        for (partition, chain) in &mut self.chains {
-            let owned = chain.ownership.as_ref().is_some_and(Ownership::is_current);
-            if !owned {
-                continue;
-            }
-            cut_due(keys, cadence, partition, chain, false).map_err(|error| sink_error(&error))?;
-            write_checkpoints(store, chain)
-                .await
-                .map_err(|error| sink_error(&error))?;
-        }
-        Ok(())
+        self.sign_waiting()
+            .await
+            .map_err(|error| sink_error(&error))
     }
 
     async fn write(
@@ -342,6 +356,11 @@ impl Sink for ArchiveSink {
         for (unit, chain) in chains {
             self.chains.insert(unit.partition.clone(), chain);
         }
+        // Partitions with nothing in this batch wait for their time-based checkpoint too: a
+        // steady trickle on one partition keeps the writer from ever being idle.
+        let results = results
+            .into_iter()
+            .chain(std::iter::once(self.sign_waiting().await));
         match results.into_iter().find_map(std::result::Result::err) {
             None => {
                 self.set_failure(None);

@@ -33,6 +33,18 @@ use super::row::{ArchiveRow, CheckpointRow, EventFields, KIND_EVENT, KIND_GAP, K
 use super::store::ArchiveStore;
 use crate::clickhouse::{ClickHouseError, Result};
 
+/// Why verification could not run to a verdict (as opposed to a verdict of "broken").
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The archive could not be read.
+    #[error(transparent)]
+    Store(#[from] ClickHouseError),
+    /// Kafka, which the archive is compared with, could not be asked.
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
 /// At most this many problems are listed per partition (all are counted).
 const MAX_PROBLEMS: usize = 50;
 /// How far from a bad entry `verify` looks for the offset its contents belong to.
@@ -305,7 +317,7 @@ pub async fn verify(
     decoder: &Decoder,
     kafka: Option<&dyn KafkaView>,
     options: &VerifyOptions,
-) -> Result<Report> {
+) -> std::result::Result<Report, RunError> {
     let mut partitions: Vec<(String, i32)> = store
         .partitions()
         .await?
@@ -315,9 +327,7 @@ pub async fn verify(
     if let Some(kafka) = kafka {
         // Partitions Kafka has but the archive lacks entirely are missing too.
         let topic = Category::Audit.topic_name();
-        let held = kafka
-            .partitions(topic)
-            .map_err(|error| ClickHouseError::InsertTask(format!("kafka: {error}")))?;
+        let held = kafka.partitions(topic).map_err(RunError::Kafka)?;
         for partition in held {
             if !partitions
                 .iter()
@@ -391,7 +401,7 @@ pub async fn verify_partition<S: EntrySource + Send>(
     decoder: &Decoder,
     kafka: Option<&dyn KafkaView>,
     options: &VerifyOptions,
-) -> Result<PartitionReport> {
+) -> std::result::Result<PartitionReport, RunError> {
     let mut report = PartitionReport {
         topic: topic.to_owned(),
         partition,
@@ -538,6 +548,15 @@ pub async fn verify_partition<S: EntrySource + Send>(
         .iter()
         .filter(|c| c.checkpoint.last_offset >= from && c.checkpoint.first_offset <= to)
         .collect();
+
+    // The archiver's committed offset, read before the entries: it only moves after the
+    // entries it covers are stored, so a live archiver writing on while this reads cannot make
+    // the archive look truncated. (The high watermark is read after the entries, for the
+    // same reason the other way round.)
+    let committed = match kafka {
+        Some(kafka) => kafka.committed(topic, partition).map_err(RunError::Kafka)?,
+        None => None,
+    };
 
     // --- the chain ----------------------------------------------------------------------
     let mut cursor = entries(from, to)?;
@@ -741,6 +760,7 @@ pub async fn verify_partition<S: EntrySource + Send>(
         compare_with_kafka(
             &mut report,
             kafka,
+            committed,
             &checkpoints,
             head_offset,
             &gap_rows,
@@ -851,22 +871,20 @@ async fn check_fields(report: &mut PartitionReport, row: &ArchiveRow, decoder: &
 }
 
 /// Compares the archive's end and its gaps with what Kafka holds.
+#[allow(clippy::too_many_arguments)]
 fn compare_with_kafka(
     report: &mut PartitionReport,
     kafka: &dyn KafkaView,
+    committed: Option<i64>,
     checkpoints: &[SignedCheckpoint],
     head_offset: Option<i64>,
     gap_rows: &[(i64, i64)],
     tail: &VecDeque<ArchiveRow>,
     options: &VerifyOptions,
-) -> Result<()> {
-    let kafka_error = |error: String| ClickHouseError::InsertTask(format!("kafka: {error}"));
+) -> std::result::Result<(), RunError> {
     let (low, high) = kafka
         .watermarks(&report.topic, report.partition)
-        .map_err(kafka_error)?;
-    let committed = kafka
-        .committed(&report.topic, report.partition)
-        .map_err(kafka_error)?;
+        .map_err(RunError::Kafka)?;
     report.kafka = Some(KafkaSummary {
         low_watermark: low,
         high_watermark: high,
@@ -903,7 +921,7 @@ fn compare_with_kafka(
         }
         let held = kafka
             .fetch(&report.topic, report.partition, (*first).max(low), *last)
-            .map_err(kafka_error)?;
+            .map_err(RunError::Kafka)?;
         if let Some(record) = held.first() {
             report.problem(
                 ProblemKind::Missing,
@@ -929,7 +947,7 @@ fn compare_with_kafka(
     if let (Some(first), Some(last)) = (unsigned.first(), unsigned.last()) {
         let held = kafka
             .fetch(&report.topic, report.partition, first.offset, last.offset)
-            .map_err(kafka_error)?;
+            .map_err(RunError::Kafka)?;
         for row in unsigned {
             if let Some(record) = held.iter().find(|record| record.offset == row.offset) {
                 if record.value != row.value

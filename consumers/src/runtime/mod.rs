@@ -176,9 +176,18 @@ pub async fn run<S: Sink>(
         watch_stop.clone(),
     ));
     let preparer = sink.preparer();
+    let fence = Fence {
+        assignments: Arc::clone(&assignments),
+        lost: {
+            // Weak: the consumer is closed when `run` drops it, whatever batches remain.
+            let consumer = Arc::downgrade(&consumer);
+            Arc::new(move || consumer.upgrade().is_none_or(|c| c.assignment_lost()))
+        },
+    };
     let writer = tokio::spawn(
         Writer {
             sink,
+            fence: fence.clone(),
             consumer: Arc::clone(&consumer),
             assignments: Arc::clone(&assignments),
             consumer_name: config.consumer.clone(),
@@ -198,14 +207,7 @@ pub async fn run<S: Sink>(
         rejoin,
         shutdown: shutdown.clone(),
         runtime,
-        fence: Fence {
-            assignments: Arc::clone(&assignments),
-            lost: {
-                // Weak: the consumer is closed when `run` drops it, whatever batches remain.
-                let consumer = Arc::downgrade(&consumer);
-                Arc::new(move || consumer.upgrade().is_none_or(|c| c.assignment_lost()))
-            },
-        },
+        fence: fence.clone(),
         config,
     };
     let name = reader.config.consumer.clone();

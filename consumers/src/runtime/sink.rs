@@ -112,6 +112,19 @@ pub struct Ownership {
 }
 
 impl Ownership {
+    pub(super) fn new(partition: TopicPartition, generation: u64, fence: Fence) -> Self {
+        Self {
+            partition,
+            generation,
+            fence,
+        }
+    }
+
+    /// The partition this is the ownership of.
+    pub fn partition(&self) -> &TopicPartition {
+        &self.partition
+    }
+
     /// Whether the partition is still assigned to this consumer under the same assignment.
     pub fn is_current(&self) -> bool {
         self.fence.holds(&self.partition, self.generation)
@@ -195,6 +208,13 @@ pub trait Sink: Send + 'static {
     ) -> impl Future<Output = Result<Positions, SinkError>> + Send {
         let _ = partitions;
         async { Ok(Positions::new()) }
+    }
+
+    /// Right after [`Sink::on_assign`]: one token per newly assigned partition, to check
+    /// ownership of a partition before writing for it outside a batch (the archive signs the
+    /// entries pending on a partition that receives no more records, on a timer).
+    fn on_owned(&mut self, owned: Vec<Ownership>) {
+        let _ = owned;
     }
 
     /// Partitions were revoked. Called once every batch read before the revocation was written

@@ -11,9 +11,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::context::{Assignments, RuntimeContext};
-#[cfg(test)]
-use super::sink::Fence;
-use super::sink::{PartitionBatch, Positions, Sink, SinkError, TopicPartition};
+use super::sink::{Fence, Ownership, PartitionBatch, Positions, Sink, SinkError, TopicPartition};
 
 /// What the writer does next, in the order the reader and the callbacks asked for it.
 pub(super) enum Work<P> {
@@ -76,6 +74,8 @@ pub(super) fn first_backoff() -> Duration {
 
 pub(super) struct Writer<S: Sink> {
     pub(super) sink: S,
+    /// For the [`Ownership`] tokens handed to [`Sink::on_owned`].
+    pub(super) fence: Fence,
     pub(super) consumer: Arc<BaseConsumer<RuntimeContext<S::Prepared>>>,
     pub(super) assignments: Arc<Assignments>,
     pub(super) consumer_name: String,
@@ -109,7 +109,20 @@ impl<S: Sink> Writer<S> {
                     }
                 }
                 Work::Assigned { partitions, reply } => {
-                    let _ = reply.send(self.positions(&partitions).await);
+                    let positions = self.positions(&partitions).await;
+                    let owned = partitions
+                        .iter()
+                        .filter_map(|partition| {
+                            let generation = self.assignments.generation(partition)?;
+                            Some(Ownership::new(
+                                partition.clone(),
+                                generation,
+                                self.fence.clone(),
+                            ))
+                        })
+                        .collect();
+                    self.sink.on_owned(owned);
+                    let _ = reply.send(positions);
                 }
                 Work::Commit(positions) => {
                     if self.commits {

@@ -1,6 +1,8 @@
-//! Signing-key rotation end to end: an archiver run signs with key A; the next run is given
-//! key B as its signing key and A as the previous one, so A announces B in a signed checkpoint
-//! and B signs from then on. Both keys verify the whole archive; either one alone does not.
+//! When the archiver signs: every T seconds even on a partition that receives nothing more
+//! while another keeps it busy; and across a key rotation, where an archiver run signs with key
+//! A, the next run is given key B as its signing key and A as the previous one, so A announces B
+//! in a signed checkpoint and B signs from then on. Both keys verify the whole archive; either
+//! one alone does not.
 
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -193,4 +195,89 @@ async fn a_rotation_is_signed_by_the_old_key_and_both_keys_verify_the_archive() 
         "{}",
         only_old.to_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_is_signed_on_time_while_another_stays_busy() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let stack = ProcessStack::start();
+    let topic = Category::Audit.topic_name();
+    stack.broker.create_topic(topic, 2).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_key, key_file) = new_key(dir.path(), "archive.key");
+    let group = names::group();
+    let settings = ArchiveSettings {
+        kafka: KafkaConfig {
+            brokers: stack.broker.bootstrap(),
+            ..KafkaConfig::default()
+        },
+        schema_registry: SchemaRegistryConfig {
+            url: stack.registry.url(),
+            ..SchemaRegistryConfig::default()
+        },
+        archive: ArchiveConfig {
+            consumer: ConsumerSettings {
+                group_id: Some(group.clone()),
+                batch_max_wait_ms: 100,
+                ..ConsumerSettings::default()
+            },
+            listen: format!(
+                "127.0.0.1:{}",
+                ledgerline_tests::process::free_port().unwrap()
+            )
+            .parse()
+            .unwrap(),
+            clickhouse: stack.clickhouse.clone(),
+            signing_key_file: Some(key_file),
+            checkpoint_every_records: 1_000,
+            checkpoint_every_secs: 2,
+            ..ArchiveConfig::default()
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(archive::run(settings, shutdown.clone()));
+    // Records that do not decode are archived all the same: enough for this test.
+    let producer: FutureProducer = stack.broker.producer_config().create().unwrap();
+    let send = |partition: i32| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<[u8], [u8]>::to(topic)
+                        .partition(partition)
+                        .payload(b"opaque".as_slice()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    for _ in 0..5 {
+        send(1).await;
+    }
+    let store = ArchiveStore::new(stack.clickhouse.client(), &stack.clickhouse.database).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Partition 0 gets a record every 100 ms, so the archiver is never idle.
+        send(0).await;
+        let signed = store
+            .checkpoints(topic, 1)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|row| row.count)
+            .sum::<u64>();
+        if signed == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition 1's entries unsigned after 30 s"
+        );
+        assert!(!task.is_finished());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }
