@@ -140,8 +140,16 @@ fn main() -> ExitCode {
     match runtime.block_on(run(Cli::parse())) {
         Ok(code) => code,
         Err(error) => {
-            // The same report `fn main() -> anyhow::Result<()>` prints: the error and its causes.
-            let _ = writeln!(std::io::stderr(), "Error: {error:?}");
+            // The report `fn main() -> anyhow::Result<()>` prints (the error, then its causes),
+            // without the backtrace it adds when RUST_BACKTRACE is set: this is for operators.
+            let mut report = format!("Error: {error}");
+            for (index, cause) in error.chain().skip(1).enumerate() {
+                if index == 0 {
+                    report.push_str("\n\nCaused by:");
+                }
+                report.push_str(&format!("\n    {index}: {cause}"));
+            }
+            let _ = writeln!(std::io::stderr(), "{report}");
             ExitCode::from(2)
         }
     }
