@@ -210,7 +210,7 @@ impl Run {
             &store,
             &trusted,
             &Decoder::Registry(Arc::new(codec)),
-            Some(&view as &dyn KafkaView),
+            Some(Arc::new(view) as Arc<dyn KafkaView>),
             &VerifyOptions::default(),
         )
         .await

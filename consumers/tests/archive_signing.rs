@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledgerline_consumers::archive::checkpoint::{self, ArchiveSigningKey, TrustedKeys};
@@ -101,7 +102,7 @@ async fn a_rotation_is_signed_by_the_old_key_and_both_keys_verify_the_archive() 
             ..ArchiveConfig::default()
         },
     };
-    let view = BrokerView::new(&kafka, &group).unwrap();
+    let view = Arc::new(BrokerView::new(&kafka, &group).unwrap());
     let run_until = |settings: ArchiveSettings, committed: i64| {
         let view = &view;
         async move {
@@ -166,7 +167,7 @@ async fn a_rotation_is_signed_by_the_old_key_and_both_keys_verify_the_archive() 
                 store,
                 &trusted,
                 &Decoder::None,
-                Some(view as &dyn KafkaView),
+                Some(Arc::clone(view) as Arc<dyn KafkaView>),
                 &VerifyOptions::default(),
             )
             .await

@@ -270,7 +270,7 @@ impl Archived {
             &store,
             trusted,
             &Decoder::Registry(Arc::new(codec)),
-            Some(&view as &dyn KafkaView),
+            Some(Arc::new(view) as Arc<dyn KafkaView>),
             &VerifyOptions::default(),
         )
         .await

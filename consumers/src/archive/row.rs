@@ -93,39 +93,63 @@ impl EventFields {
     /// `ledgerline.audit`, whose records decode as audit events); any other category keeps
     /// only its envelope here.
     pub fn of(event: &Event) -> Self {
-        let envelope = event.envelope();
-        let (attr_keys, attr_values) = envelope
-            .attributes
-            .iter()
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .unzip();
+        Self::from_event(event.clone())
+    }
+
+    /// [`Self::of`], moving the strings out of an event that is not needed afterwards.
+    pub fn from_event(event: Event) -> Self {
+        let (envelope, audit) = match event {
+            Event::Audit(audit) => {
+                let ledgerline_schemas::event::AuditEvent {
+                    envelope,
+                    actor,
+                    action,
+                    target,
+                    outcome,
+                    reason,
+                    details,
+                } = audit;
+                (
+                    envelope,
+                    Some((actor, action, target, outcome, reason, details)),
+                )
+            }
+            Event::Job(job) => (job.envelope, None),
+            Event::Connection(connection) => (connection.envelope, None),
+            Event::System(system) => (system.envelope, None),
+            Event::Session(session) => (session.envelope, None),
+        };
+        // Attributes are a sorted map: the arrays come out sorted by key.
+        let (attr_keys, attr_values) = envelope.attributes.into_iter().unzip();
         let mut fields = Self {
             event_id: envelope.event_id.hyphenated().to_string(),
             occurred_at_us: envelope.occurred_at,
-            name: envelope.name.clone(),
+            name: envelope.name,
             level: envelope.level.as_str().to_owned(),
-            service: envelope.service.clone(),
-            service_version: envelope.service_version.clone(),
-            host: envelope.host.clone(),
-            message: envelope.message.clone(),
-            trace_id: envelope.trace_id.clone(),
-            span_id: envelope.span_id.clone(),
-            request_id: envelope.request_id.clone(),
+            service: envelope.service,
+            service_version: envelope.service_version,
+            host: envelope.host,
+            message: envelope.message,
+            trace_id: envelope.trace_id,
+            span_id: envelope.span_id,
+            request_id: envelope.request_id,
             attr_keys,
             attr_values,
             ..Self::default()
         };
-        if let Event::Audit(audit) = event {
-            fields.actor_id = audit.actor.id.clone();
-            fields.actor_kind = audit.actor.kind.clone();
-            fields.actor_ip = audit.actor.ip.clone();
-            fields.actor_user_agent = audit.actor.user_agent.clone();
-            fields.action = audit.action.clone();
-            fields.target_kind = audit.target.as_ref().map(|target| target.kind.clone());
-            fields.target_id = audit.target.as_ref().map(|target| target.id.clone());
-            fields.outcome = audit.outcome.as_str().to_owned();
-            fields.reason = audit.reason.clone();
-            fields.details = audit.details.clone();
+        if let Some((actor, action, target, outcome, reason, details)) = audit {
+            fields.actor_id = actor.id;
+            fields.actor_kind = actor.kind;
+            fields.actor_ip = actor.ip;
+            fields.actor_user_agent = actor.user_agent;
+            fields.action = action;
+            (fields.target_kind, fields.target_id) = match target {
+                Some(target) => (Some(target.kind), Some(target.id)),
+                None => (None, None),
+            };
+            fields.outcome = outcome.as_str().to_owned();
+            fields.reason = reason;
+            fields.details = details;
         }
         fields
     }
@@ -333,11 +357,37 @@ impl CheckpointRow {
     }
 }
 
-/// 64 hex digits as 32 bytes.
+/// 64 hex digits (either case) as 32 bytes. Hand-written: `verify` decodes two per entry, and
+/// the `hex` crate's general decoder cost as much as the entry's SHA-256.
 pub fn hex32(text: &str) -> Option<[u8; 32]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            b'A'..=b'F' => Some(digit - b'A' + 10),
+            _ => None,
+        }
+    }
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
     let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text, &mut bytes).ok()?;
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
     Some(bytes)
+}
+
+/// 32 bytes as 64 lower-case hex digits; the archiver encodes two per entry.
+pub fn hex32_string(bytes: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(64);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -358,6 +408,29 @@ mod tests {
         assert_eq!(row.first_field_difference(&fields), None);
         row.actor_ip = "10.9.9.9".to_owned();
         assert_eq!(row.first_field_difference(&fields), Some("actor_ip"));
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_32_bytes_of_hex() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        let text = hex32_string(&bytes);
+        assert_eq!(text, hex::encode(bytes));
+        assert_eq!(hex32(&text), Some(bytes));
+        assert_eq!(hex32(&text.to_uppercase()), Some(bytes));
+        assert_eq!(hex32(&text[1..]), None);
+        assert_eq!(hex32(&format!("{}g", &text[1..])), None);
+        assert_eq!(hex32(&format!("{text}00")), None);
+    }
+
+    #[test]
+    fn fields_moved_out_of_an_event_equal_those_copied() {
+        for n in 0..5 {
+            let event = samples::event(Category::Audit, n);
+            assert_eq!(
+                EventFields::from_event(event.clone()),
+                EventFields::of(&event)
+            );
+        }
     }
 
     #[test]

@@ -16,11 +16,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use rdkafka::Timestamp;
 
-use super::chain::{self, GENESIS};
+use super::chain::GENESIS;
 use super::checkpoint::{ArchiveSigningKey, Checkpoint, SignedCheckpoint};
 use super::merkle;
 use super::row::{
-    hex32, ArchiveRow, CheckpointRow, EventFields, KIND_EVENT, KIND_GAP, KIND_UNDECODABLE,
+    hex32, hex32_string, ArchiveRow, CheckpointRow, EventFields, KIND_EVENT, KIND_GAP,
+    KIND_UNDECODABLE,
 };
 use super::schema::MIGRATIONS;
 use super::store::ArchiveStore;
@@ -30,6 +31,21 @@ use crate::clickhouse::{
 use crate::runtime::{
     Ownership, PartitionBatch, Positions, Record, Sink, SinkError, TopicPartition,
 };
+
+/// Why a write of the archive did not happen.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+    /// Fencing: the partition was lost between the batch being read and its write.
+    #[error("{0} was revoked before its entries were written; its next owner writes them")]
+    Revoked(TopicPartition),
+    #[error("signing a checkpoint of {partition}: {reason}")]
+    Sign {
+        partition: TopicPartition,
+        reason: String,
+    },
+}
 
 /// When a checkpoint is cut.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +99,9 @@ struct Chain {
     pending: Vec<SignedCheckpoint>,
     /// The assignment the last batch was written under, for checkpoints cut when idle.
     ownership: Option<Ownership>,
+    /// An insert failed: ClickHouse may still have stored it, whole or a prefix (a timeout, a
+    /// reset connection), so the head is read again before anything else is written.
+    stale: bool,
 }
 
 /// One entry not yet covered by a checkpoint.
@@ -96,7 +115,9 @@ struct SegmentEntry {
 /// One partition's records of a batch, as rows without their hashes yet.
 #[derive(Debug)]
 pub struct PreparedPartition {
-    rows: Vec<ArchiveRow>,
+    /// Hashed in place when written (a retry recomputes them from the head it then has); an
+    /// async lock, held across the insert that sends them.
+    rows: tokio::sync::Mutex<Vec<ArchiveRow>>,
 }
 
 impl ArchiveSink {
@@ -182,12 +203,13 @@ impl ArchiveSink {
             last_checkpoint_key,
             pending: Vec::new(),
             ownership: None,
+            stale: false,
         })
     }
 
     /// Cuts and writes the checkpoints due by time on every partition this member still owns
     /// (and retries any whose insert failed).
-    async fn sign_waiting(&mut self) -> Result<()> {
+    async fn sign_waiting(&mut self) -> std::result::Result<(), WriteError> {
         let (store, keys, cadence) = (&self.store, &self.keys, self.cadence);
         for (partition, chain) in &mut self.chains {
             let owned = chain.ownership.as_ref().is_some_and(Ownership::is_current);
@@ -207,26 +229,28 @@ impl ArchiveSink {
         cadence: Cadence,
         chain: &mut Chain,
         unit: &PartitionBatch<PreparedPartition>,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), WriteError> {
         let partition = &unit.partition;
         // Checkpoints cut by an earlier attempt first: they cover entries already stored.
         write_checkpoints(store, chain).await?;
-        let archived_at_us = now_us();
-        let (chained, head_offset, head_hash) = chain_rows(
+        let mut rows = unit.prepared.rows.lock().await;
+        let (start, hashes) = chain_in_place(
             partition,
-            &unit.prepared,
+            &mut rows,
             chain.head_offset,
             chain.head_hash,
-            archived_at_us,
+            now_us(),
         );
-        if !chained.is_empty() {
+        let chained = &rows[start..];
+        if let (Some(last), Some(head_hash)) = (chained.last(), hashes.last()) {
             if !unit.is_current() {
-                return Err(ClickHouseError::InsertTask(format!(
-                    "{partition} was revoked while its batch was prepared"
-                )));
+                return Err(WriteError::Revoked(partition.clone()));
             }
             let table = format!("{}.records", store.database());
-            insert_rows(store.client(), &table, &chained).await?;
+            if let Err(error) = insert_rows(store.client(), &table, chained).await {
+                chain.stale = true;
+                return Err(error.into());
+            }
             for kind in [KIND_EVENT, KIND_UNDECODABLE, KIND_GAP] {
                 let entries = chained.iter().filter(|row| row.kind == kind).count();
                 if entries > 0 {
@@ -234,30 +258,28 @@ impl ArchiveSink {
                         .increment(entries as u64);
                 }
             }
-            for row in &chained {
-                if let Some(hash) = row.hash_bytes() {
-                    if chain.segment.is_empty() {
-                        chain.segment_started = Instant::now();
-                    }
-                    chain.segment.push(SegmentEntry {
-                        offset: row.offset,
-                        last_offset: row.last_offset,
-                        hash,
-                    });
-                }
+            if chain.segment.is_empty() {
+                chain.segment_started = Instant::now();
             }
-            chain.head_offset = head_offset;
-            chain.head_hash = head_hash;
-            metrics::gauge!("ledgerline_archive_head_offset", "topic" => partition.topic.to_string(), "partition" => partition.partition.to_string()).set(head_offset as f64);
+            chain
+                .segment
+                .extend(chained.iter().zip(&hashes).map(|(row, hash)| SegmentEntry {
+                    offset: row.offset,
+                    last_offset: row.last_offset,
+                    hash: *hash,
+                }));
+            chain.head_offset = last.last_offset;
+            chain.head_hash = *head_hash;
+            metrics::gauge!("ledgerline_archive_head_offset", "topic" => partition.topic.to_string(), "partition" => partition.partition.to_string()).set(chain.head_offset as f64);
         }
+        drop(rows);
         chain.ownership = Some(unit.ownership());
         cut_due(keys, cadence, partition, chain, false)?;
         if !unit.is_current() {
-            return Err(ClickHouseError::InsertTask(format!(
-                "{partition} was revoked before its checkpoint"
-            )));
+            return Err(WriteError::Revoked(partition.clone()));
         }
-        write_checkpoints(store, chain).await
+        write_checkpoints(store, chain).await?;
+        Ok(())
     }
 }
 
@@ -279,7 +301,7 @@ impl Sink for ArchiveSink {
             let chain = self
                 .load(partition)
                 .await
-                .map_err(|error| sink_error(&error))?;
+                .map_err(|error| sink_error(&error.into()))?;
             positions.insert(partition.clone(), chain.head_offset + 1);
             self.chains.insert(partition.clone(), chain);
         }
@@ -308,7 +330,9 @@ impl Sink for ArchiveSink {
                 continue;
             }
             let signed = match cut_due(&self.keys, self.cadence, partition, &mut chain, true) {
-                Ok(()) => write_checkpoints(&self.store, &mut chain).await,
+                Ok(()) => write_checkpoints(&self.store, &mut chain)
+                    .await
+                    .map_err(WriteError::from),
                 Err(error) => Err(error),
             };
             if let Err(error) = signed {
@@ -329,12 +353,22 @@ impl Sink for ArchiveSink {
     ) -> std::result::Result<(), SinkError> {
         // Chains of partitions assigned before this sink kept state (cannot happen: on_assign
         // runs first) are loaded here rather than guessed.
+        // A chain whose last insert failed is read again: that insert may have been stored.
         for unit in batch {
-            if !self.chains.contains_key(&unit.partition) {
-                let chain = self
+            let stale = self
+                .chains
+                .get(&unit.partition)
+                .is_none_or(|chain| chain.stale);
+            if stale {
+                let ownership = self
+                    .chains
+                    .get_mut(&unit.partition)
+                    .and_then(|chain| chain.ownership.take());
+                let mut chain = self
                     .load(&unit.partition)
                     .await
-                    .map_err(|error| sink_error(&error))?;
+                    .map_err(|error| sink_error(&error.into()))?;
+                chain.ownership = ownership;
                 self.chains.insert(unit.partition.clone(), chain);
             }
         }
@@ -375,23 +409,23 @@ impl Sink for ArchiveSink {
     }
 }
 
-/// The partition's rows chained onto `(head_offset, head_hash)`, with a gap entry wherever an
-/// offset was skipped; rows at or before the head are left out. Returns the new head.
-fn chain_rows(
+/// Chains the partition's rows (in offset order) onto `(head_offset, head_hash)` in place,
+/// inserting a gap entry wherever an offset is skipped. Returns where the rows after the head
+/// start and their hashes; rows at or before the head (already archived: before the resume
+/// position, or stored by an attempt that failed late) stay as they are and are not written.
+fn chain_in_place(
     partition: &TopicPartition,
-    prepared: &PreparedPartition,
+    rows: &mut Vec<ArchiveRow>,
     head_offset: i64,
     head_hash: [u8; 32],
     archived_at_us: i64,
-) -> (Vec<ArchiveRow>, i64, [u8; 32]) {
+) -> (usize, Vec<[u8; 32]>) {
+    let start = rows.partition_point(|row| row.offset <= head_offset);
     let (mut head_offset, mut head_hash) = (head_offset, head_hash);
-    let mut chained: Vec<ArchiveRow> = Vec::with_capacity(prepared.rows.len());
-    for row in &prepared.rows {
-        // Already archived (the records before the resume position, or a retry).
-        if row.offset <= head_offset {
-            continue;
-        }
-        if row.offset > head_offset + 1 {
+    let mut hashes = Vec::with_capacity(rows.len() - start);
+    let mut index = start;
+    while index < rows.len() {
+        if rows[index].offset > head_offset + 1 {
             // Kafka did not hand these offsets over: it no longer has them.
             let mut gap = ArchiveRow::empty(
                 &partition.topic,
@@ -399,29 +433,20 @@ fn chain_rows(
                 head_offset + 1,
                 KIND_GAP,
             );
-            gap.last_offset = row.offset - 1;
-            gap.prev_hash = hex::encode(head_hash);
-            head_hash = chain::gap_hash(
-                &head_hash,
-                &partition.topic,
-                partition.partition,
-                gap.offset,
-                gap.last_offset,
-            );
-            gap.hash = hex::encode(head_hash);
-            gap.archived_at_us = archived_at_us;
+            gap.last_offset = rows[index].offset - 1;
             tracing::warn!(%partition, first = gap.offset, last = gap.last_offset, "offsets missing from kafka recorded as a gap");
-            chained.push(gap);
+            rows.insert(index, gap);
         }
-        let mut row = row.clone();
-        row.prev_hash = hex::encode(head_hash);
+        let row = &mut rows[index];
+        row.prev_hash = hex32_string(&head_hash);
         head_hash = row.recompute_hash(&head_hash);
-        row.hash = hex::encode(head_hash);
+        row.hash = hex32_string(&head_hash);
         row.archived_at_us = archived_at_us;
         head_offset = row.last_offset;
-        chained.push(row);
+        hashes.push(head_hash);
+        index += 1;
     }
-    (chained, head_offset, head_hash)
+    (start, hashes)
 }
 
 /// Cuts the checkpoints that are due: one per full `every_entries` entries, then one for the
@@ -433,7 +458,7 @@ fn cut_due(
     partition: &TopicPartition,
     chain: &mut Chain,
     force: bool,
-) -> Result<()> {
+) -> std::result::Result<(), WriteError> {
     let rotating = match (&chain.last_checkpoint_key, &keys.previous) {
         (Some((signed_by, next)), Some(previous)) => {
             signed_by == previous.key_id() && next.as_deref() != Some(keys.current.key_id())
@@ -475,7 +500,7 @@ fn cut(
     partition: &TopicPartition,
     chain: &mut Chain,
     entries: usize,
-) -> Result<()> {
+) -> std::result::Result<(), WriteError> {
     let covered: Vec<SegmentEntry> = chain.segment.drain(..entries).collect();
     let leaves: Vec<[u8; 32]> = covered.iter().map(|entry| entry.hash).collect();
     let (first_offset, last_offset, head_hash) = match (covered.first(), covered.last()) {
@@ -496,8 +521,9 @@ fn cut(
         next_key_id,
     }
     .sign(key)
-    .map_err(|error| {
-        ClickHouseError::InsertTask(format!("signing a checkpoint of {partition}: {error}"))
+    .map_err(|error| WriteError::Sign {
+        partition: partition.clone(),
+        reason: error.to_string(),
     })?;
     chain.previous_checkpoint_hash = signed.checkpoint.hash();
     chain.last_checkpoint_key = Some((
@@ -546,18 +572,20 @@ fn prepare(partition: &TopicPartition, records: Vec<Record>) -> PreparedPartitio
         row.key = record.key;
         row.value = record.value;
         row.schema_id = record.schema_id;
-        match &record.event {
-            Ok(event) => row.set_fields(EventFields::of(event)),
+        match record.event {
+            Ok(event) => row.set_fields(EventFields::from_event(event)),
             Err(rejection) => {
                 row.reject_reason = rejection.reason.to_owned();
-                row.reject_error = rejection.error.clone();
+                row.reject_error = rejection.error;
             }
         }
         rows.push(row);
     }
     rows.sort_by_key(|row| row.offset);
     rows.dedup_by_key(|row| row.offset);
-    PreparedPartition { rows }
+    PreparedPartition {
+        rows: tokio::sync::Mutex::new(rows),
+    }
 }
 
 fn corrupt(partition: &TopicPartition, what: &str) -> ClickHouseError {
@@ -568,9 +596,16 @@ fn corrupt(partition: &TopicPartition, what: &str) -> ClickHouseError {
     }
 }
 
-fn sink_error(error: &ClickHouseError) -> SinkError {
-    let kind = error.failure_kind();
-    SinkError::new(kind.as_str(), kind == FailureKind::Transient, error)
+fn sink_error(error: &WriteError) -> SinkError {
+    match error {
+        WriteError::ClickHouse(error) => {
+            let kind = error.failure_kind();
+            SinkError::new(kind.as_str(), kind == FailureKind::Transient, error)
+        }
+        // The runtime drops the fenced batch on its retry.
+        WriteError::Revoked(_) => SinkError::new("fenced", true, error),
+        WriteError::Sign { .. } => SinkError::new("signing", false, error),
+    }
 }
 
 fn now_us() -> i64 {
@@ -595,7 +630,15 @@ mod tests {
         let mut head = GENESIS;
         let segment = (0..entries)
             .map(|offset| {
-                head = chain::record_hash(&head, "ledgerline.audit", 0, offset, None, None, b"v");
+                head = crate::archive::chain::record_hash(
+                    &head,
+                    "ledgerline.audit",
+                    0,
+                    offset,
+                    None,
+                    None,
+                    b"v",
+                );
                 SegmentEntry {
                     offset,
                     last_offset: offset,
@@ -612,7 +655,57 @@ mod tests {
             last_checkpoint_key,
             pending: Vec::new(),
             ownership: None,
+            stale: false,
         }
+    }
+
+    fn rows(offsets: &[i64]) -> Vec<ArchiveRow> {
+        offsets
+            .iter()
+            .map(|offset| {
+                let mut row = ArchiveRow::empty("ledgerline.audit", 0, *offset, KIND_EVENT);
+                row.value = offset.to_be_bytes().to_vec();
+                row
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_chain_in_place_with_gaps_and_a_retry_recomputes_the_same() {
+        let partition = TopicPartition::new("ledgerline.audit", 0);
+        let mut batch = rows(&[3, 4, 5, 9, 10]);
+        // Offsets up to 4 are archived already; 6..=8 never came.
+        let (start, hashes) = chain_in_place(&partition, &mut batch, 4, [7; 32], 1);
+        assert_eq!(start, 2);
+        let kinds: Vec<(i64, i64, &str)> = batch[start..]
+            .iter()
+            .map(|row| (row.offset, row.last_offset, row.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (5, 5, "event"),
+                (6, 8, "gap"),
+                (9, 9, "event"),
+                (10, 10, "event")
+            ]
+        );
+        assert_eq!(batch[start].prev_hash, hex32_string(&[7; 32]));
+        for (row, hash) in batch[start..].iter().zip(&hashes) {
+            assert_eq!(row.hash, hex32_string(hash));
+        }
+        for pair in batch[start..].windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash);
+        }
+        // The same batch again from the same head (an insert that failed): the same rows, and
+        // the gap is not added twice.
+        let first = batch.clone();
+        let (again, rehashed) = chain_in_place(&partition, &mut batch, 4, [7; 32], 1);
+        assert_eq!((again, &rehashed, &batch), (start, &hashes, &first));
+        // From a later head (the failed insert stored a prefix): only the rest is written.
+        let (rest, _) = chain_in_place(&partition, &mut batch, 8, hashes[1], 1);
+        assert_eq!(batch[rest].offset, 9);
+        assert_eq!(batch[rest].prev_hash, hex32_string(&hashes[1]));
     }
 
     const HOUR: Cadence = Cadence {

@@ -217,6 +217,31 @@ impl ArchiveStore {
             .map_err(query_failed(format!("entries of {topic}/{partition}")))
     }
 
+    /// [`Self::entries`] (or, with `chain_only`, [`Self::chain_entries`]) read whole.
+    pub async fn entries_between(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+        chain_only: bool,
+    ) -> Result<Vec<ArchiveRow>> {
+        let mut cursor = if chain_only {
+            self.chain_entries(topic, partition, from, to)?
+        } else {
+            self.entries(topic, partition, from, to)?
+        };
+        let mut rows = Vec::new();
+        while let Some(row) = cursor
+            .next()
+            .await
+            .map_err(query_failed(format!("entries of {topic}/{partition}")))?
+        {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
     /// Every entry whose `event_id` is `event_id` (one, unless the archive was tampered with
     /// or the producer sent the event twice).
     pub async fn entries_of_event(&self, event_id: &str) -> Result<Vec<ArchiveRow>> {

@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use ledgerline_schemas::{Category, Event, EventCodec, OfflineDecoder};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,9 @@ pub enum RunError {
     /// Kafka, which the archive is compared with, could not be asked.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The task verifying one partition failed.
+    #[error("verification task failed: {0}")]
+    Task(String),
 }
 
 /// At most this many problems are listed per partition (all are counted).
@@ -315,7 +319,7 @@ pub async fn verify(
     store: &ArchiveStore,
     trusted: &TrustedKeys,
     decoder: &Decoder,
-    kafka: Option<&dyn KafkaView>,
+    kafka: Option<Arc<dyn KafkaView>>,
     options: &VerifyOptions,
 ) -> std::result::Result<Report, RunError> {
     let mut partitions: Vec<(String, i32)> = store
@@ -324,7 +328,7 @@ pub async fn verify(
         .into_iter()
         .map(|p| (p.topic, p.partition))
         .collect();
-    if let Some(kafka) = kafka {
+    if let Some(kafka) = &kafka {
         // Partitions Kafka has but the archive lacks entirely are missing too.
         let topic = Category::Audit.topic_name();
         let held = kafka.partitions(topic).map_err(RunError::Kafka)?;
@@ -341,32 +345,167 @@ pub async fn verify(
     if let Some(only) = options.partition {
         partitions.retain(|(_, partition)| *partition == only);
     }
+    // Partitions are independent chains: verified in parallel, one task each (hashing and
+    // decoding are CPU work), in partition order.
+    let parallel = std::thread::available_parallelism().map_or(2, usize::from);
+    let mut verdicts = futures::stream::iter(partitions.into_iter().map(|(topic, partition)| {
+        let (store, trusted, decoder, kafka, options) = (
+            store.clone(),
+            trusted.clone(),
+            decoder.clone(),
+            kafka.clone(),
+            options.clone(),
+        );
+        tokio::spawn(async move {
+            verify_stored_partition(
+                &store,
+                &topic,
+                partition,
+                &trusted,
+                &decoder,
+                kafka.as_deref(),
+                &options,
+            )
+            .await
+        })
+    }))
+    .buffered(parallel);
     let mut report = Report {
         intact: true,
         verified_at_us: now_us(),
-        partitions: Vec::with_capacity(partitions.len()),
+        partitions: Vec::new(),
     };
-    for (topic, partition) in partitions {
-        let checkpoints = store.checkpoints(&topic, partition).await?;
-        let partition_report = verify_partition(
-            &topic,
-            partition,
-            checkpoints,
-            |from, to| match decoder {
-                // Nothing compares an event's columns without a decoder: leave them unread.
-                Decoder::None => store.chain_entries(&topic, partition, from, to),
-                _ => store.entries(&topic, partition, from, to),
-            },
-            trusted,
-            decoder,
-            kafka,
-            options,
-        )
-        .await?;
+    while let Some(verdict) = verdicts.next().await {
+        let partition_report = verdict.map_err(|error| RunError::Task(error.to_string()))??;
         report.intact &= partition_report.intact;
         report.partitions.push(partition_report);
     }
     Ok(report)
+}
+
+/// One partition of the archive in ClickHouse, read in ranges (see [`ChunkedEntries`]).
+async fn verify_stored_partition(
+    store: &ArchiveStore,
+    topic: &str,
+    partition: i32,
+    trusted: &TrustedKeys,
+    decoder: &Decoder,
+    kafka: Option<&dyn KafkaView>,
+    options: &VerifyOptions,
+) -> std::result::Result<PartitionReport, RunError> {
+    let checkpoints = store.checkpoints(topic, partition).await?;
+    // The greatest offset stored bounds the ranges read.
+    let last = store
+        .head(topic, partition)
+        .await?
+        .map_or(-1, |head| head.last_offset);
+    // Nothing compares an event's columns without a decoder: leave them unread.
+    let chain_only = matches!(decoder, Decoder::None);
+    verify_partition(
+        topic,
+        partition,
+        checkpoints,
+        |from, to| {
+            Ok(ChunkedEntries::new(
+                store.clone(),
+                topic,
+                partition,
+                chain_only,
+                from,
+                to.min(last),
+            ))
+        },
+        trusted,
+        decoder,
+        kafka,
+        options,
+    )
+    .await
+}
+
+/// How many offsets one read of [`ChunkedEntries`] covers.
+const CHUNK_OFFSETS: i64 = 50_000;
+
+/// A partition's entries read in ranges of [`CHUNK_OFFSETS`] offsets, the next range fetched
+/// while the current one is verified. ClickHouse 18.16 reads and sorts all a query selects
+/// before it sends the first row, so one query over a whole partition would keep the verifier
+/// idle (and the server's memory full) for as long as that takes.
+#[derive(Debug)]
+pub struct ChunkedEntries {
+    store: ArchiveStore,
+    topic: String,
+    partition: i32,
+    chain_only: bool,
+    next_from: i64,
+    to: i64,
+    current: std::vec::IntoIter<ArchiveRow>,
+    next: Option<tokio::task::JoinHandle<Result<Vec<ArchiveRow>>>>,
+}
+
+impl ChunkedEntries {
+    fn new(
+        store: ArchiveStore,
+        topic: &str,
+        partition: i32,
+        chain_only: bool,
+        from: i64,
+        to: i64,
+    ) -> Self {
+        let mut entries = Self {
+            store,
+            topic: topic.to_owned(),
+            partition,
+            chain_only,
+            next_from: from,
+            to,
+            current: Vec::new().into_iter(),
+            next: None,
+        };
+        entries.prefetch();
+        entries
+    }
+
+    fn prefetch(&mut self) {
+        if self.next_from > self.to {
+            return;
+        }
+        let (from, to) = (
+            self.next_from,
+            self.next_from
+                .saturating_add(CHUNK_OFFSETS - 1)
+                .min(self.to),
+        );
+        self.next_from = to.saturating_add(1);
+        let (store, topic, partition, chain_only) = (
+            self.store.clone(),
+            self.topic.clone(),
+            self.partition,
+            self.chain_only,
+        );
+        self.next = Some(tokio::spawn(async move {
+            store
+                .entries_between(&topic, partition, from, to, chain_only)
+                .await
+        }));
+    }
+}
+
+impl EntrySource for ChunkedEntries {
+    async fn next_entry(&mut self) -> Result<Option<ArchiveRow>> {
+        loop {
+            if let Some(row) = self.current.next() {
+                return Ok(Some(row));
+            }
+            let Some(next) = self.next.take() else {
+                return Ok(None);
+            };
+            let rows = next
+                .await
+                .map_err(|error| ClickHouseError::InsertTask(error.to_string()))??;
+            self.prefetch();
+            self.current = rows.into_iter();
+        }
+    }
 }
 
 /// Where one partition's entries come from: a ClickHouse cursor, or a bundle's lines.
@@ -840,7 +979,7 @@ async fn check_fields(report: &mut PartitionReport, row: &ArchiveRow, decoder: &
         KIND_EVENT => match decoder.decode(&row.value).await {
             None => {}
             Some(Ok(event)) => {
-                if let Some(column) = row.first_field_difference(&EventFields::of(&event)) {
+                if let Some(column) = row.first_field_difference(&EventFields::from_event(event)) {
                     report.problem(
                         ProblemKind::Changed,
                         Some(row.offset),

@@ -296,7 +296,10 @@ async fn verify_command(source: &ConfigSource, args: VerifyArgs) -> anyhow::Resu
         let kafka = if args.no_kafka {
             None
         } else {
-            Some(BrokerView::new(&settings.kafka, &group)?)
+            Some(
+                std::sync::Arc::new(BrokerView::new(&settings.kafka, &group)?)
+                    as std::sync::Arc<dyn KafkaView>,
+            )
         };
         let options = VerifyOptions {
             partition: args.partition,
@@ -304,14 +307,7 @@ async fn verify_command(source: &ConfigSource, args: VerifyArgs) -> anyhow::Resu
             to: args.to,
             last_checkpoints: None,
         };
-        verify::verify(
-            &store,
-            &trusted,
-            &decoder,
-            kafka.as_ref().map(|view| view as &dyn KafkaView),
-            &options,
-        )
-        .await?
+        verify::verify(&store, &trusted, &decoder, kafka, &options).await?
     };
     if args.json {
         print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
