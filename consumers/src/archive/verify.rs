@@ -346,8 +346,9 @@ pub async fn verify(
         partitions.retain(|(_, partition)| *partition == only);
     }
     // Partitions are independent chains: verified in parallel, one task each (hashing and
-    // decoding are CPU work), in partition order.
-    let parallel = std::thread::available_parallelism().map_or(2, usize::from);
+    // decoding are CPU work), in partition order. Twice as many as cores, so one partition's
+    // task has work while another waits for ClickHouse to sort its next range.
+    let parallel = 2 * std::thread::available_parallelism().map_or(2, usize::from);
     let mut verdicts = futures::stream::iter(partitions.into_iter().map(|(topic, partition)| {
         let (store, trusted, decoder, kafka, options) = (
             store.clone(),
