@@ -7,11 +7,11 @@
 //!   versioned migrations;
 //! - [`projector`]: the projector into ClickHouse `ledgerline` (events and the latest job
 //!   states) and the read library the query API uses;
-//! - [`archive`]: the tamper-evident audit archive's I/O-free core so far (record hash chain,
-//!   RFC 6962 Merkle trees, signed checkpoints); its consumer is not wired yet.
+//! - [`archive`]: the tamper-evident audit archive into ClickHouse `ledgerline_audit` (hash
+//!   chain per partition, signed checkpoints) and its verify, proof and export tools.
 //!
-//! The binary `ledgerline-consumer <consumer>` runs one consumer (`projector` so far). The
-//! audit archive and the live fan-out arrive with their issues.
+//! The binary `ledgerline-consumer <consumer>` runs one consumer (`projector`, `archive`) or one
+//! of the archive's tools. The live fan-out arrives with its issue.
 
 pub mod archive;
 pub mod clickhouse;

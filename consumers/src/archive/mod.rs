@@ -1,6 +1,8 @@
-//! The tamper-evident audit archive (issue 10).
+//! The tamper-evident audit archive: `ledgerline-consumer archive` reads `ledgerline.audit` in
+//! its own group and writes ClickHouse `ledgerline_audit` as its own user. The operator's view
+//! (tables, hash encodings, keys, verify, proofs, exports, retention) is `docs/archive.md`.
 //!
-//! What the archive will guarantee once its consumer lands:
+//! What it guarantees:
 //!
 //! - **A hash chain per Kafka partition.** Every archived record of `ledgerline.audit` stores
 //!   `prev_hash` and `hash = SHA-256(domain tag ‖ prev_hash ‖ topic ‖ partition ‖ offset ‖
@@ -10,10 +12,13 @@
 //!   that something was there.
 //! - **Exactly once, with no fork.** On assignment the archiver resumes right after the chain
 //!   head stored in ClickHouse, and fencing keeps a member from writing a partition it lost.
+//!   The chain is a function of the Kafka records alone, so a replay recomputes identical rows;
+//!   after a failed insert the head is read again, since the server may have stored it.
 //!   Offsets Kafka itself no longer has are recorded as explicit gaps.
 //! - **Signed checkpoints.** Every N records or T seconds per partition, an Ed25519-signed
 //!   checkpoint fixes the chain head, the RFC 6962 Merkle root of the segment's record hashes
-//!   and the previous checkpoint's hash. Deleting the newest rows is caught against the last
+//!   and the previous checkpoint's hash; pending entries are also signed when a partition is
+//!   revoked. Deleting the newest rows is caught against the last
 //!   checkpoint, and a Merkle inclusion proof lets a reviewer check one event offline with the
 //!   public key alone.
 //! - **Key rotation.** A checkpoint names its key id; verification takes a set of trusted public
@@ -34,8 +39,8 @@
 //!
 //! # Metrics
 //!
-//! `ledgerline_archive_records_total{kind}` (event, undecodable, gap), `ledgerline_archive_checkpoints_total`,
-//! `ledgerline_archive_head_offset{topic,partition}`, `ledgerline_archive_verify_ok` (1 or 0)
+//! `ledgerline_archive_records_total{kind}` (event, undecodable, gap),
+//! `ledgerline_archive_checkpoints_total`, `ledgerline_archive_head_offset{topic,partition}`, `ledgerline_archive_verify_ok` (1 or 0)
 //! and `ledgerline_archive_verify_timestamp_seconds` from the periodic self-verify, besides the
 //! runtime's metrics with `consumer="archive"`.
 //!

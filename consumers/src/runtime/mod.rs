@@ -51,6 +51,12 @@
 //!   assignment is not lost: a batch that was queued when the group moved on is dropped
 //!   unwritten. A write already under way cannot be stopped, so a fenced sink checks
 //!   [`PartitionBatch::is_current`] again right before its write becomes visible.
+//!   A sink that writes for a partition outside a batch (the archive's checkpoint on a timer)
+//!   keeps the [`Ownership`] token [`Sink::on_owned`] gives it at assignment (or
+//!   [`PartitionBatch::ownership`]) and checks it the same way.
+//! - **Time-driven work.** When no batch came for a second, the writer calls
+//!   [`Sink::on_idle`] (again every second while none comes); a failure there is reported like
+//!   a failed write and nothing is committed.
 //! - **Pipelining.** One batch is written (by the writer task) while the next is read, decoded
 //!   and prepared (by the reader thread); batches are written and committed one at a time, in
 //!   the order they were read. The reader starts a batch only once the writer has taken the
