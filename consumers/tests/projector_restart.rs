@@ -143,8 +143,10 @@ async fn a_dynamic_member_killed_and_restarted_at_once_recovers_and_says_so_mean
     // does only after reporting a stall (10 s without progress, measured every 5 s, so the
     // report stands at least until the next measurement). Recovery that took this long went
     // through the watchdog, and `/health` must have said why meanwhile. (A broker that
-    // assigns at once, as Kafka does, recovers in a few seconds and skips this.)
-    if took > Duration::from_secs(12) {
+    // assigns at once, as Kafka does, recovers in a few seconds and skips this.) Below 15 s the
+    // recovery may also be the group's own: the killed member's 10 s session expires and the
+    // rebalance that follows takes a few seconds (seen at 12.6 s in CI), before any report.
+    if took > Duration::from_secs(15) {
         assert!(
             failures
                 .iter()
