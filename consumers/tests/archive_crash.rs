@@ -308,3 +308,34 @@ async fn two_archivers_rebalancing_during_the_load_keep_every_chain_intact() {
     second.terminate(Duration::from_secs(20));
     run.assert_intact().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_killed_during_the_load_costs_no_entry_and_no_duplicate() {
+    // A server of its own, killed in the middle of inserts: an insert cut short may still be
+    // stored (whole or a prefix), and the archiver must read its head again rather than write
+    // those entries twice.
+    let mut server = ledgerline_tests::ClickHouseServer::start().unwrap();
+    let mut run = Run::start().await;
+    run.stack.clickhouse.url = server.url();
+    run.stack.clickhouse.password = server.password().into();
+    let (go, hold) = tokio::sync::watch::channel(true);
+    let load = run.load(hold).await;
+    let mut archiver = run.spawn("archive");
+    for outage in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3) + jitter(Duration::from_millis(1500))).await;
+        server.kill();
+        eprintln!("clickhouse down ({outage})");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        server.restart().unwrap();
+        assert!(
+            archiver.is_running(),
+            "archiver exited: {}",
+            run.log("archive")
+        );
+    }
+    load.await.unwrap();
+    drop(go);
+    run.wait_archived("after two clickhouse outages").await;
+    archiver.terminate(Duration::from_secs(20));
+    run.assert_intact().await;
+}

@@ -16,6 +16,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads what `verify` compares the archive with.
 pub struct BrokerView {
     consumer: BaseConsumer,
+    /// One fetch at a time: a fetch assigns the consumer to its partition, and `verify` asks
+    /// from several partitions' tasks at once.
+    fetching: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for BrokerView {
@@ -38,6 +41,7 @@ impl BrokerView {
             .set("auto.offset.reset", "earliest");
         Ok(Self {
             consumer: config.create()?,
+            fetching: std::sync::Mutex::new(()),
         })
     }
 }
@@ -84,6 +88,10 @@ impl KafkaView for BrokerView {
         from: i64,
         to: i64,
     ) -> Result<Vec<KafkaRecord>, String> {
+        let _one_at_a_time = self
+            .fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(topic, partition, Offset::Offset(from))
             .map_err(|error| error.to_string())?;
@@ -95,9 +103,18 @@ impl KafkaView for BrokerView {
         while Instant::now() < deadline {
             match self.consumer.poll(Duration::from_millis(200)) {
                 None => continue,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(eof))) => {
+                    if eof == partition {
+                        break;
+                    }
+                }
                 Some(Err(error)) => return Err(format!("fetch {topic}/{partition}: {error}")),
                 Some(Ok(message)) => {
+                    // Only this partition is assigned, but a record fetched for an earlier
+                    // assignment may still be queued.
+                    if message.topic() != topic || message.partition() != partition {
+                        continue;
+                    }
                     if message.offset() > to {
                         break;
                     }

@@ -207,9 +207,30 @@ impl ArchiveSink {
         })
     }
 
+    /// Reads a partition's chain from ClickHouse again, keeping the ownership token.
+    async fn reload(&mut self, partition: &TopicPartition) -> std::result::Result<(), WriteError> {
+        let ownership = self
+            .chains
+            .get_mut(partition)
+            .and_then(|chain| chain.ownership.take());
+        let mut chain = self.load(partition).await?;
+        chain.ownership = ownership;
+        self.chains.insert(partition.clone(), chain);
+        Ok(())
+    }
+
     /// Cuts and writes the checkpoints due by time on every partition this member still owns
     /// (and retries any whose insert failed).
     async fn sign_waiting(&mut self) -> std::result::Result<(), WriteError> {
+        let stale: Vec<TopicPartition> = self
+            .chains
+            .iter()
+            .filter(|(_, chain)| chain.stale)
+            .map(|(partition, _)| partition.clone())
+            .collect();
+        for partition in stale {
+            self.reload(&partition).await?;
+        }
         let (store, keys, cadence) = (&self.store, &self.keys, self.cadence);
         for (partition, chain) in &mut self.chains {
             let owned = chain.ownership.as_ref().is_some_and(Ownership::is_current);
@@ -360,16 +381,9 @@ impl Sink for ArchiveSink {
                 .get(&unit.partition)
                 .is_none_or(|chain| chain.stale);
             if stale {
-                let ownership = self
-                    .chains
-                    .get_mut(&unit.partition)
-                    .and_then(|chain| chain.ownership.take());
-                let mut chain = self
-                    .load(&unit.partition)
+                self.reload(&unit.partition)
                     .await
-                    .map_err(|error| sink_error(&error.into()))?;
-                chain.ownership = ownership;
-                self.chains.insert(unit.partition.clone(), chain);
+                    .map_err(|error| sink_error(&error))?;
             }
         }
         let (store, keys, cadence) = (&self.store, &self.keys, self.cadence);
@@ -544,12 +558,18 @@ async fn write_checkpoints(store: &ArchiveStore, chain: &mut Chain) -> Result<()
         .iter()
         .map(CheckpointRow::from_signed)
         .collect();
-    insert_rows(
+    if let Err(error) = insert_rows(
         store.client(),
         &format!("{}.checkpoints", store.database()),
         &rows,
     )
-    .await?;
+    .await
+    {
+        // It may have been stored all the same: the chain is read again (and what is still
+        // unsigned cut again) rather than the same checkpoints written twice.
+        chain.stale = true;
+        return Err(error);
+    }
     metrics::counter!("ledgerline_archive_checkpoints_total").increment(rows.len() as u64);
     chain.pending.clear();
     Ok(())
