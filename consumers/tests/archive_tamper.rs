@@ -907,3 +907,75 @@ async fn an_export_verifies_offline_and_fails_after_a_one_byte_edit_in_any_file(
     }
     assert_eq!(verify_bundle().status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_relabelled_undecodable_is_named() {
+    let archived = archived().await;
+    // Hidden from searches and proofs: kind is not hashed, and every event column blanked.
+    let blank = "kind = 'undecodable', reject_reason = 'corrupt_avro', event_id = '', \
+                 occurred_at_us = 0, name = '', level = '', service = '', service_version = '', \
+                 host = '', message = '', trace_id = NULL, span_id = NULL, request_id = NULL, \
+                 attr_keys = emptyArrayString(), attr_values = emptyArrayString(), actor_id = '', \
+                 actor_kind = '', actor_ip = '', actor_user_agent = NULL, action = '', \
+                 target_kind = NULL, target_id = NULL, outcome = '', reason = NULL, details = ''";
+    let report = archived
+        .assert_caught(
+            &[format!(
+                "ALTER TABLE {{db}}.records UPDATE {blank} WHERE `offset` = 120"
+            )],
+            ProblemKind::Changed,
+            120,
+        )
+        .await;
+    let first = report.partitions[0].first_problem().unwrap();
+    assert!(
+        first.detail.contains("decode into a valid event"),
+        "{first:?}"
+    );
+    assert_eq!(
+        first.event_id.as_deref(),
+        Some(&*archived.event_id_at(120).await)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_signed_by_another_trusted_key_without_a_rotation_is_named() {
+    let archived = archived().await;
+    // The verifier trusts both keys (as during a rotation), but no checkpoint announced the
+    // second: it cannot take over.
+    let other = checkpoint::load_signing_key(&checkpoint::generate().unwrap().secret_file).unwrap();
+    let original: CheckpointRow = archived
+        .client()
+        .query(&format!(
+            "SELECT ?fields FROM {}.checkpoints WHERE last_offset = 149",
+            archived.clickhouse.database
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    let mut resigned = original.to_signed().unwrap().checkpoint;
+    resigned.key_id = other.key_id().to_owned();
+    let resigned = CheckpointRow::from_signed(&resigned.sign(&other).unwrap());
+    let db = archived
+        .tampered(&["ALTER TABLE {db}.checkpoints DELETE WHERE last_offset = 149".to_owned()])
+        .await;
+    let mut insert = archived
+        .client()
+        .with_database(&db)
+        .insert::<CheckpointRow>("checkpoints")
+        .await
+        .unwrap();
+    insert.write(&resigned).await.unwrap();
+    insert.end().await.unwrap();
+    let mut trusted = archived.trusted();
+    trusted.insert(other.verifying_key());
+    let report = archived.verify(&db, &trusted).await;
+    let text = report.to_text();
+    let first = report.partitions[0].first_problem().unwrap();
+    assert_eq!(
+        (first.kind, first.offset),
+        (ProblemKind::UnknownKey, Some(149)),
+        "{text}"
+    );
+    assert!(first.detail.contains("no rotation announced"), "{text}");
+}

@@ -169,8 +169,12 @@ impl ArchiveSink {
         };
         let (after, previous_checkpoint_hash, last_checkpoint_key) = match &last {
             Some(row) => {
-                let hash = hex32(&row.checkpoint_hash)
-                    .ok_or_else(|| corrupt(partition, "checkpoint hash"))?;
+                // Recomputed, not the stored convenience column: the next checkpoint signs it.
+                let hash = row
+                    .to_signed()
+                    .map_err(|column| corrupt(partition, column))?
+                    .checkpoint
+                    .hash();
                 (
                     row.last_offset,
                     hash,
@@ -179,10 +183,23 @@ impl ArchiveSink {
             }
             None => (-1, GENESIS, None),
         };
-        let entries = self
+        // After retention deleted every entry up to the last checkpoint (docs/archive.md), the
+        // chain goes on from that checkpoint's signed head, not from genesis. (Entries that
+        // are merely missing are archived again from Kafka: the chain recomputes the same.)
+        let (head_offset, head_hash) = match &last {
+            Some(row) if head.is_none() => (
+                row.last_offset,
+                hex32(&row.head_hash).ok_or_else(|| corrupt(partition, "checkpoint head hash"))?,
+            ),
+            _ => (head_offset, head_hash),
+        };
+        let mut entries = self
             .store
             .hashes_after(topic, partition.partition, after)
             .await?;
+        // A second row for one offset (see docs/archive.md on a member that lost its session
+        // unawares) is the same entry: signed once, as verify counts it.
+        entries.dedup_by_key(|entry| entry.offset);
         let segment = entries
             .iter()
             .map(|entry| {
@@ -347,7 +364,9 @@ impl Sink for ArchiveSink {
                 continue;
             };
             let owned = chain.ownership.as_ref().is_some_and(Ownership::is_current);
-            if !owned {
+            // A stale chain may already have its pending checkpoints stored: its next owner
+            // reads the partition afresh and signs what is left.
+            if !owned || chain.stale {
                 continue;
             }
             let signed = match cut_due(&self.keys, self.cadence, partition, &mut chain, true) {

@@ -217,6 +217,29 @@ impl ArchiveStore {
             .map_err(query_failed(format!("entries of {topic}/{partition}")))
     }
 
+    /// The smallest stored offset at or after `from`, if any.
+    pub async fn first_offset_from(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<Option<i64>> {
+        let (count, first): (u64, i64) = self
+            .client
+            .query(&format!(
+                "SELECT count(), min(`offset`) FROM {}.records WHERE topic = ? AND `partition` = ? \
+                 AND `offset` >= ?",
+                self.database
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(from)
+            .fetch_one()
+            .await
+            .map_err(query_failed(format!("next offset of {topic}/{partition}")))?;
+        Ok((count > 0).then_some(first))
+    }
+
     /// [`Self::entries`] (or, with `chain_only`, [`Self::chain_entries`]) read whole.
     pub async fn entries_between(
         &self,

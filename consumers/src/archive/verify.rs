@@ -395,6 +395,16 @@ async fn verify_stored_partition(
     options: &VerifyOptions,
 ) -> std::result::Result<PartitionReport, RunError> {
     let checkpoints = store.checkpoints(topic, partition).await?;
+    // The archiver's committed offset before anything else is read (see `verify_partition`):
+    // the bound below is read after it, so entries committed meanwhile are read too.
+    let snapshot = match kafka {
+        Some(kafka) => Some(CommittedSnapshot {
+            committed: kafka.committed(topic, partition).map_err(RunError::Kafka)?,
+            inner: kafka,
+        }),
+        None => None,
+    };
+    let kafka = snapshot.as_ref().map(|snapshot| snapshot as &dyn KafkaView);
     // The greatest offset stored bounds the ranges read.
     let last = store
         .head(topic, partition)
@@ -424,6 +434,33 @@ async fn verify_stored_partition(
     .await
 }
 
+/// A [`KafkaView`] whose committed offset was read once, up front.
+struct CommittedSnapshot<'a> {
+    inner: &'a dyn KafkaView,
+    committed: Option<i64>,
+}
+
+impl KafkaView for CommittedSnapshot<'_> {
+    fn partitions(&self, topic: &str) -> std::result::Result<Vec<i32>, String> {
+        self.inner.partitions(topic)
+    }
+    fn watermarks(&self, topic: &str, partition: i32) -> std::result::Result<(i64, i64), String> {
+        self.inner.watermarks(topic, partition)
+    }
+    fn committed(&self, _topic: &str, _partition: i32) -> std::result::Result<Option<i64>, String> {
+        Ok(self.committed)
+    }
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> std::result::Result<Vec<KafkaRecord>, String> {
+        self.inner.fetch(topic, partition, from, to)
+    }
+}
+
 /// How many offsets one read of [`ChunkedEntries`] covers.
 const CHUNK_OFFSETS: i64 = 50_000;
 
@@ -437,11 +474,15 @@ pub struct ChunkedEntries {
     topic: String,
     partition: i32,
     chain_only: bool,
-    next_from: i64,
+    /// Where the next read starts; `None` once past `to`.
+    next_from: Option<i64>,
     to: i64,
     current: std::vec::IntoIter<ArchiveRow>,
-    next: Option<tokio::task::JoinHandle<Result<Vec<ArchiveRow>>>>,
+    next: Option<tokio::task::JoinHandle<Result<Chunk>>>,
 }
+
+/// One range's entries, and where the range after it starts.
+type Chunk = (Vec<ArchiveRow>, Option<i64>);
 
 impl ChunkedEntries {
     fn new(
@@ -457,7 +498,7 @@ impl ChunkedEntries {
             topic: topic.to_owned(),
             partition,
             chain_only,
-            next_from: from,
+            next_from: (from <= to).then_some(from),
             to,
             current: Vec::new().into_iter(),
             next: None,
@@ -467,27 +508,51 @@ impl ChunkedEntries {
     }
 
     fn prefetch(&mut self) {
-        if self.next_from > self.to {
+        let Some(from) = self.next_from.take() else {
             return;
-        }
-        let (from, to) = (
-            self.next_from,
-            self.next_from
-                .saturating_add(CHUNK_OFFSETS - 1)
-                .min(self.to),
-        );
-        self.next_from = to.saturating_add(1);
-        let (store, topic, partition, chain_only) = (
+        };
+        let (store, topic, partition, chain_only, to) = (
             self.store.clone(),
             self.topic.clone(),
             self.partition,
             self.chain_only,
+            self.to,
         );
         self.next = Some(tokio::spawn(async move {
-            store
-                .entries_between(&topic, partition, from, to, chain_only)
-                .await
+            next_chunk(&store, &topic, partition, chain_only, from, to).await
         }));
+    }
+}
+
+/// The first non-empty range of entries from `from` on (at most [`CHUNK_OFFSETS`] offsets,
+/// none past `to`), and where the range after it starts. An empty range jumps straight to the
+/// next stored offset, so a gap of a billion offsets costs one query, not twenty thousand.
+async fn next_chunk(
+    store: &ArchiveStore,
+    topic: &str,
+    partition: i32,
+    chain_only: bool,
+    mut from: i64,
+    to: i64,
+) -> Result<Chunk> {
+    loop {
+        let until = from
+            .checked_add(CHUNK_OFFSETS - 1)
+            .map_or(to, |until| until.min(to));
+        let rows = store
+            .entries_between(topic, partition, from, until, chain_only)
+            .await?;
+        let after = until.checked_add(1).filter(|next| *next <= to);
+        if !rows.is_empty() {
+            return Ok((rows, after));
+        }
+        let Some(after) = after else {
+            return Ok((rows, None));
+        };
+        match store.first_offset_from(topic, partition, after).await? {
+            Some(next) if next <= to => from = next,
+            _ => return Ok((Vec::new(), None)),
+        }
     }
 }
 
@@ -500,9 +565,10 @@ impl EntrySource for ChunkedEntries {
             let Some(next) = self.next.take() else {
                 return Ok(None);
             };
-            let rows = next
+            let (rows, after) = next
                 .await
                 .map_err(|error| ClickHouseError::InsertTask(error.to_string()))??;
+            self.next_from = after;
             self.prefetch();
             self.current = rows.into_iter();
         }
@@ -624,20 +690,28 @@ pub async fn verify_partition<S: EntrySource + Send>(
                     format!("checkpoint of offsets {}..={} does not start after the previous one (through {})", row.first_offset, row.last_offset, previous.checkpoint.last_offset),
                 );
             }
+            // Every checkpoint is signed by the key of the one before it, or by the key that
+            // one rotated to: a retired key (or any other trusted one) cannot sign later ones.
             let expected_key = previous
                 .checkpoint
                 .next_key_id
                 .as_deref()
                 .unwrap_or(&previous.checkpoint.key_id);
-            if let Some(next) = &previous.checkpoint.next_key_id {
-                if signed.checkpoint.key_id != *next {
-                    report.problem(
-                        ProblemKind::UnknownKey,
-                        Some(row.last_offset),
-                        None,
-                        format!("checkpoint is signed by key {}, but the previous checkpoint rotated to key {expected_key}", signed.checkpoint.key_id),
-                    );
-                }
+            if signed.checkpoint.key_id != expected_key {
+                report.problem(
+                    ProblemKind::UnknownKey,
+                    Some(row.last_offset),
+                    None,
+                    format!(
+                        "checkpoint is signed by key {}, but the key for it is {expected_key}{}",
+                        signed.checkpoint.key_id,
+                        if previous.checkpoint.next_key_id.is_some() {
+                            " (the previous checkpoint rotated to it)"
+                        } else {
+                            " (no rotation announced a change)"
+                        }
+                    ),
+                );
             }
         }
         previous = Some(signed.clone());
@@ -1003,6 +1077,22 @@ async fn check_fields(report: &mut PartitionReport, row: &ArchiveRow, decoder: &
                     Some(&row.event_id),
                     format!("a {} entry has event column {column} set", row.kind),
                 );
+            }
+            // `kind` is not hashed: an event relabelled undecodable (to hide it from searches
+            // and proofs) keeps its chain, but its bytes still decode into a valid event.
+            // (A schema registered only after the record was archived would show up here too,
+            // and is worth a look as well.)
+            if row.kind == KIND_UNDECODABLE {
+                if let Some(Ok(event)) = decoder.decode(&row.value).await {
+                    if event.validate().is_ok() {
+                        report.problem(
+                            ProblemKind::Changed,
+                            Some(row.offset),
+                            Some(&event.envelope().event_id.to_string()),
+                            "archived as undecodable, but its bytes decode into a valid event",
+                        );
+                    }
+                }
             }
         }
         _ => {}
