@@ -66,7 +66,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledgerline_schemas::{Category, EventCodec};
-use ledgerline_service::http::{self, Health};
+use ledgerline_service::http;
 use ledgerline_service::kafka::KafkaProbe;
 use ledgerline_service::telemetry;
 use secrecy::SecretString;
@@ -75,7 +75,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ArchiveConfig, ArchiveSettings, DEFAULT_GROUP_ID};
 pub use sink::{ArchiveSink, Cadence, SigningKeys};
 
-use crate::clickhouse::ClickHouseError;
+use crate::clickhouse::{sink_health, ClickHouseError};
 use crate::runtime::{self, BadRecords, RuntimeConfig, RuntimeError};
 use checkpoint::{ArchiveSigningKey, KeyError, TrustedKeys};
 
@@ -231,32 +231,13 @@ pub async fn run(
     config.bad_records = BadRecords::Deliver;
 
     let writes = sink.health();
-    let status = config.status.clone();
-    let ping = archive.clickhouse.client();
-    let health = Health::new()
-        .with_check("kafka", move || {
-            let probe = probe.clone();
-            async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) }
-        })
-        .with_check("clickhouse", move || {
-            let client = ping.clone();
-            async move {
-                client
-                    .query("SELECT 1")
-                    .fetch_one::<u8>()
-                    .await
-                    .map(|_| ())
-                    .map_err(|error| error.to_string())
-            }
-        })
-        .with_check("archive_writes", move || {
-            let writes = writes.clone();
-            async move { writes.check() }
-        })
-        .with_check("consumer", move || {
-            let status = status.clone();
-            async move { status.check() }
-        });
+    let health = sink_health(
+        probe,
+        archive.clickhouse.client(),
+        "archive_writes",
+        move || writes.check(),
+        config.status.clone(),
+    );
     let (addr, _server) = http::serve(
         archive.listen,
         http::router(health, telemetry::prometheus()?),

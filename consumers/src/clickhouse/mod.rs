@@ -9,10 +9,12 @@
 
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod insert;
 pub mod migrate;
 
 pub use config::{ClickHouseCompression, ClickHouseConfig};
 pub use error::{failure_kind, ClickHouseError, FailureKind, Result};
+pub use health::sink_health;
 pub use insert::insert_rows;
 pub use migrate::{migrate, validate_identifier, Migration};

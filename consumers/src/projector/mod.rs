@@ -95,7 +95,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledgerline_schemas::{Category, EventCodec};
-use ledgerline_service::http::{self, Health};
+use ledgerline_service::http;
 use ledgerline_service::kafka::KafkaProbe;
 use ledgerline_service::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ pub use queries::EventFilter;
 pub use row::{event_row, into_event_row, job_status_row, EventRow, JobStatusRow};
 pub use sink::{InsertHealth, PartitionInsert, ProjectorSink};
 
-use crate::clickhouse::ClickHouseError;
+use crate::clickhouse::{sink_health, ClickHouseError};
 use crate::runtime::{self, RuntimeConfig, RuntimeError};
 
 /// The projector's name: the `consumer` label of its runtime metrics, and its Kafka client id.
@@ -183,32 +183,13 @@ pub async fn run(
     let config = RuntimeConfig::group(CONSUMER, topics, &projector.consumer, DEFAULT_GROUP_ID);
 
     let inserts = sink.health();
-    let status = config.status.clone();
-    let ping = projector.clickhouse.client();
-    let health = Health::new()
-        .with_check("kafka", move || {
-            let probe = probe.clone();
-            async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) }
-        })
-        .with_check("clickhouse", move || {
-            let client = ping.clone();
-            async move {
-                client
-                    .query("SELECT 1")
-                    .fetch_one::<u8>()
-                    .await
-                    .map(|_| ())
-                    .map_err(|error| error.to_string())
-            }
-        })
-        .with_check("clickhouse_inserts", move || {
-            let inserts = inserts.clone();
-            async move { inserts.check() }
-        })
-        .with_check("consumer", move || {
-            let status = status.clone();
-            async move { status.check() }
-        });
+    let health = sink_health(
+        probe,
+        projector.clickhouse.client(),
+        "clickhouse_inserts",
+        move || inserts.check(),
+        config.status.clone(),
+    );
     let (addr, _server) = http::serve(
         projector.listen,
         http::router(health, telemetry::prometheus()?),
