@@ -238,13 +238,16 @@ async fn projector(
     done.cancel();
     task.await.unwrap().unwrap();
     let (first, first_count) = first.unwrap();
-    let stored = projector::queries::count_events(
-        &clickhouse.client(),
+    let reader = projector::EventReader::new(
+        clickhouse.client(),
         &clickhouse.database,
-        &projector::EventFilter::default(),
+        projector::queries::ReadLimits::default(),
     )
-    .await
     .unwrap();
+    let stored = reader
+        .count(&projector::EventQuery::default())
+        .await
+        .unwrap();
     assert_eq!(stored, count, "every event stored once");
     sustained(first, first_count, last, count)
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use ledgerline_consumers::clickhouse::migrate;
 use ledgerline_consumers::clickhouse::ClickHouseConfig;
+use ledgerline_consumers::projector::queries::{Condition, EventQuery, Field};
 use ledgerline_consumers::projector::schema::MIGRATIONS;
-use ledgerline_consumers::projector::{queries, EventFilter};
 use ledgerline_producer::event::{ConnectionPhase, JobStatus, Level, Outcome};
 use ledgerline_producer::ProducerConfig;
 use ledgerline_schemas::Category;
@@ -130,7 +130,7 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("projector.log");
     let group = names::group();
-    let everything = EventFilter::default();
+    let everything = EventQuery::default();
     let mut kills = 0;
     let mut kills_during_load = 0;
     while kills < KILLS_DURING_LOAD || (!load.is_finished() && kills < MAX_KILLS) {
@@ -241,7 +241,6 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
     // on its own.
     final_run.terminate(Duration::from_secs(20));
 
-    let client = clickhouse.client();
     if count(clickhouse, &everything).await != STORED_EVENTS {
         diagnose(clickhouse, broker, &log).await;
     }
@@ -251,20 +250,21 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
         "count through the API's query"
     );
     for category in [Category::Job, Category::Connection, Category::System] {
-        let filter = EventFilter {
-            category: Some(category),
-            ..EventFilter::default()
-        };
+        let filter = EventQuery::default().with(Condition::is(Field::Category, category.as_str()));
         assert_eq!(
             count(clickhouse, &filter).await,
             EVENTS / 4,
             "{category} events"
         );
     }
-    let rows = queries::search_events(&client, &clickhouse.database, &everything, EVENTS * 2)
+    let reader = support::reader(clickhouse);
+    let rows = reader
+        .search(&everything, None, EVENTS * 2)
         .await
-        .unwrap();
-    let distinct: BTreeSet<&str> = rows.iter().map(|row| row.event_id.as_str()).collect();
+        .unwrap()
+        .events;
+    let distinct: BTreeSet<uuid::Uuid> =
+        rows.iter().map(|event| event.envelope().event_id).collect();
     assert_eq!(
         rows.len() as u64,
         STORED_EVENTS,
@@ -278,15 +278,10 @@ async fn sigkilled_projector_restarts_without_loss_or_duplicates() {
             .rev()
             .find(|n| n % 4 == 0 && n % 97 == job)
             .unwrap();
-        let status = queries::job_status(&client, &clickhouse.database, &format!("job-{job}"))
-            .await
-            .unwrap()
-            .unwrap();
+        let status = reader.job(&format!("job-{job}")).await.unwrap().unwrap();
         assert_eq!(status.progress, (last % 100) as i32, "job-{job}");
     }
-    let duplicates = queries::duplicate_event_ids(&client, &clickhouse.database)
-        .await
-        .unwrap();
+    let duplicates = reader.duplicate_event_ids().await.unwrap();
     // Counted on the raw table, not through the collapsing reads: resuming after the greatest
     // stored offset means no kill made the projector store anything twice.
     assert_eq!(duplicates, 0, "physical duplicate rows after {kills} kills");

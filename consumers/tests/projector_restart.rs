@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use ledgerline_consumers::projector::EventFilter;
+use ledgerline_consumers::projector::EventQuery;
 use ledgerline_producer::event::Level;
 use ledgerline_producer::{Ledger, ProducerConfig};
 use ledgerline_tests::names;
@@ -76,7 +76,7 @@ async fn kill_and_restart(instance: Option<&str>) -> (Duration, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("projector.log");
     let group = names::group();
-    let everything = EventFilter::default();
+    let everything = EventQuery::default();
     let start = || {
         let (command, listen) =
             projector_command(broker, registry, clickhouse, &group, instance, dir.path());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ledgerline_consumers::clickhouse::ClickHouseConfig;
 use ledgerline_consumers::projector::{
-    self, queries, EventFilter, EventRow, ProjectorConfig, ProjectorSettings,
+    self, EventQuery, EventReader, EventRow, ProjectorConfig, ProjectorSettings,
 };
 use ledgerline_consumers::runtime::ConsumerSettings;
 use ledgerline_schemas::event::Event;
@@ -475,11 +475,13 @@ async fn confluent_python_events_of_every_category_land_through_the_projector_un
         .filter(|event| is_stored(event.category()))
         .count() as u64;
     let client = clickhouse.client();
-    let count = || async {
-        queries::count_events(&client, &clickhouse.database, &EventFilter::default())
-            .await
-            .unwrap_or(0)
-    };
+    let reader = EventReader::new(
+        client.clone(),
+        &clickhouse.database,
+        projector::queries::ReadLimits::default(),
+    )
+    .unwrap();
+    let count = || async { reader.count(&EventQuery::default()).await.unwrap_or(0) };
     let deadline = Instant::now() + Duration::from_secs(60);
     while count().await < stored_count && Instant::now() < deadline {
         assert!(!projector_task.is_finished(), "the projector stopped");
@@ -491,14 +493,16 @@ async fn confluent_python_events_of_every_category_land_through_the_projector_un
         "stored events ({} dead-lettered)",
         dead_letter_count(broker.bootstrap()).await
     );
-    let rows = queries::search_events(
-        &client,
-        &clickhouse.database,
-        &EventFilter::default(),
-        1_000,
-    )
-    .await
-    .unwrap();
+    // The rows themselves, not the reader's events: the test checks where each row says it
+    // came from, which events do not carry.
+    let rows: Vec<EventRow> = client
+        .query(&format!(
+            "SELECT ?fields FROM {}.events ORDER BY event_id, ingested_at LIMIT 1 BY event_id",
+            clickhouse.database
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
     let stored: BTreeMap<String, (&EventRow, Event)> = rows
         .iter()
         .map(|row| (row.event_id.clone(), (row, row.to_event().unwrap())))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ledgerline_consumers::clickhouse::ClickHouseConfig;
 use ledgerline_consumers::projector::{
-    self, queries, schema, EventFilter, ProjectorConfig, ProjectorSettings,
+    self, queries, schema, EventQuery, EventReader, ProjectorConfig, ProjectorSettings,
 };
 use ledgerline_consumers::runtime::ConsumerSettings;
 use ledgerline_producer::event::*;
@@ -113,14 +113,15 @@ impl Stack {
         (shutdown, task, listen)
     }
 
+    fn reader(&self) -> EventReader {
+        reader(self.clickhouse.client(), &self.clickhouse.database)
+    }
+
     async fn wait_for_count(&self, expected: u64) -> u64 {
-        let client = self.clickhouse.client();
+        let reader = self.reader();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let count =
-                queries::count_events(&client, &self.clickhouse.database, &EventFilter::default())
-                    .await
-                    .unwrap_or(0);
+            let count = reader.count(&EventQuery::default()).await.unwrap_or(0);
             if count >= expected || Instant::now() > deadline {
                 return count;
             }
@@ -230,21 +231,15 @@ async fn every_stored_category_lands_with_every_field_and_job_status_is_latest()
     let (stop, task, _) = stack.projector(1 << 20).await;
     assert_eq!(stack.wait_for_count(6).await, 6);
 
-    let client = stack.clickhouse.client();
-    let stored = queries::search_events(
-        &client,
-        &stack.clickhouse.database,
-        &EventFilter::default(),
-        100,
-    )
-    .await
-    .unwrap();
+    let reader = stack.reader();
+    let stored = reader
+        .search(&EventQuery::default(), None, 100)
+        .await
+        .unwrap()
+        .events;
     let by_id: BTreeMap<String, Event> = stored
-        .iter()
-        .map(|row| {
-            let event = row.to_event().unwrap();
-            (event.envelope().event_id.to_string(), event)
-        })
+        .into_iter()
+        .map(|event| (event.envelope().event_id.to_string(), event))
         .collect();
     for event in &events {
         let id = event.envelope().event_id.to_string();
@@ -259,10 +254,7 @@ async fn every_stored_category_lands_with_every_field_and_job_status_is_latest()
             );
         }
     }
-    let job = queries::job_status(&client, &stack.clickhouse.database, "job-x")
-        .await
-        .unwrap()
-        .unwrap();
+    let job = reader.job("job-x").await.unwrap().unwrap();
     assert_eq!((job.status.as_str(), job.progress), ("COMPLETED", 100));
 
     stop.cancel();
@@ -342,15 +334,13 @@ async fn bad_records_are_dead_lettered_with_their_reason_and_the_consumer_moves_
         1,
         "the good event did not land"
     );
-    let stored = queries::search_events(
-        &stack.clickhouse.client(),
-        &stack.clickhouse.database,
-        &EventFilter::default(),
-        10,
-    )
-    .await
-    .unwrap();
-    assert_eq!(stored[0].event_id, after.envelope().event_id.to_string());
+    let stored = stack
+        .reader()
+        .search(&EventQuery::default(), None, 10)
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(stored[0].envelope().event_id, after.envelope().event_id);
 
     let consumer: StreamConsumer = stack
         .broker
@@ -443,16 +433,16 @@ async fn nothing_is_lost_while_clickhouse_is_down_for_20_seconds() {
 
     publish(6_000, 8_000).await;
     assert_eq!(stack.wait_for_count(8_000).await, 8_000);
-    let client = stack.clickhouse.client();
-    let stored = queries::search_events(
-        &client,
-        &stack.clickhouse.database,
-        &EventFilter::default(),
-        20_000,
-    )
-    .await
-    .unwrap();
-    let distinct: BTreeSet<&str> = stored.iter().map(|row| row.event_id.as_str()).collect();
+    let stored = stack
+        .reader()
+        .search(&EventQuery::default(), None, 20_000)
+        .await
+        .unwrap()
+        .events;
+    let distinct: BTreeSet<uuid::Uuid> = stored
+        .iter()
+        .map(|event| event.envelope().event_id)
+        .collect();
     assert_eq!((stored.len(), distinct.len()), (8_000, 8_000));
 
     stop.cancel();
@@ -527,10 +517,15 @@ async fn a_dropped_table_fails_health_and_its_batch_lands_once_the_table_is_back
         assert!(Instant::now() < deadline, "health did not recover");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let stored = queries::search_events(&admin, database, &EventFilter::default(), 1_000)
+    let stored = reader(admin.clone(), database)
+        .search(&EventQuery::default(), None, 1_000)
         .await
-        .unwrap();
-    let messages: BTreeSet<String> = stored.iter().map(|row| row.message.clone()).collect();
+        .unwrap()
+        .events;
+    let messages: BTreeSet<String> = stored
+        .iter()
+        .map(|event| event.envelope().message.clone())
+        .collect();
     let expected: BTreeSet<String> = (100..250).map(|n| format!("tick {n}")).collect();
     assert_eq!(messages, expected);
     assert_eq!(stored.len(), 150);
@@ -540,4 +535,9 @@ async fn a_dropped_table_fails_health_and_its_batch_lands_once_the_table_is_back
         .await
         .unwrap()
         .unwrap();
+}
+
+/// The projector's reader over `database`, with the default limits.
+fn reader(client: clickhouse::Client, database: &str) -> EventReader {
+    EventReader::new(client, database, queries::ReadLimits::default()).unwrap()
 }

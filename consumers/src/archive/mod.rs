@@ -55,6 +55,7 @@ pub mod config;
 pub mod kafka;
 pub mod merkle;
 pub mod proof;
+pub mod reader;
 pub mod row;
 pub mod schema;
 pub mod sink;

@@ -131,7 +131,7 @@ const CONFIGURATION_CODES: &[(u32, &str)] = &[
 
 /// The exception code in a server error text: `Code: 60, e.displayText() = …` (18.16) or
 /// `Code: 60. DB::Exception: …` (current releases).
-fn exception_code(text: &str) -> Option<u32> {
+pub(crate) fn exception_code(text: &str) -> Option<u32> {
     let rest = &text[text.find("Code: ")? + "Code: ".len()..];
     let digits = rest
         .find(|c: char| !c.is_ascii_digit())

@@ -35,14 +35,14 @@
 //!    two offsets, and an insert the server stored (whole, or a prefix as in (1)) but whose
 //!    answer was lost (a timeout, a reset connection) is retried and stored twice. `events` is a `ReplacingMergeTree` whose
 //!    sorting key ends in `event_id`, so merges remove such copies within a partition,
-//!    eventually; and every query in [`queries`] collapses by `event_id` (`uniqExact`,
+//!    eventually; and every read of [`queries::EventReader`] collapses by `event_id` (`uniqExact`,
 //!    `LIMIT 1 BY`), so counts and searches are exact before merges, and across partitions,
 //!    where merges never reach.
 //! 4. **`job_status` is written before `events`.** For a job partition the sink inserts the
 //!    `job_status` rows first and the `events` rows second. `events` is what (2) reads, so a
 //!    crash between the two replays the batch and rewrites the status rows, which is harmless:
 //!    `job_status` keeps the latest row per job (`ReplacingMergeTree(occurred_at_us)`) and
-//!    [`queries::job_status`] / [`queries::list_jobs`] pick the latest row themselves.
+//!    [`queries::EventReader::job`] / [`queries::EventReader::jobs`] pick the latest row themselves.
 //!
 //! Records sent to the dead-letter topic leave no row, so a replay may dead-letter them again:
 //! the dead-letter topic is at least once.
@@ -69,7 +69,8 @@
 //! - [`sink`]: the runtime's [`crate::runtime::Sink`]: per Kafka partition, the `job_status`
 //!   insert then the `events` insert, partitions concurrently; resume positions on assignment;
 //!   and [`InsertHealth`], the `/health` check on inserts;
-//! - [`queries`]: the read library the query API uses;
+//! - [`queries`]: [`EventReader`], the read library the query API uses: keyset-paged searches,
+//!   counts, histograms, top values and job states, bounded by [`queries::ReadLimits`];
 //! - [`retention`]: the scheduled partition drops.
 //!
 //! # Metrics
@@ -101,7 +102,7 @@ use ledgerline_service::telemetry;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ProjectorConfig, ProjectorSettings, RetentionDays, DEFAULT_GROUP_ID};
-pub use queries::EventFilter;
+pub use queries::{EventQuery, EventReader};
 pub use row::{event_row, into_event_row, job_status_row, EventRow, JobStatusRow};
 pub use sink::{InsertHealth, PartitionInsert, ProjectorSink};
 

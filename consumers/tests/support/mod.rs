@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use ledgerline_consumers::clickhouse::ClickHouseConfig;
-use ledgerline_consumers::projector::{queries, EventFilter};
+use ledgerline_consumers::projector::queries::{EventQuery, EventReader, ReadLimits};
 use ledgerline_producer::{Ledger, ProducerConfig};
 use ledgerline_tests::{names, Broker, BrokerStorage, Harness, RegistryServer};
 use secrecy::ExposeSecret;
@@ -120,8 +120,16 @@ fn free_listen_address() -> String {
     )
 }
 
-pub async fn count(clickhouse: &ClickHouseConfig, filter: &EventFilter) -> u64 {
-    queries::count_events(&clickhouse.client(), &clickhouse.database, filter)
-        .await
-        .unwrap_or(0)
+/// The projector's reader over `clickhouse`'s database, with the default limits.
+pub fn reader(clickhouse: &ClickHouseConfig) -> EventReader {
+    EventReader::new(
+        clickhouse.client(),
+        &clickhouse.database,
+        ReadLimits::default(),
+    )
+    .unwrap()
+}
+
+pub async fn count(clickhouse: &ClickHouseConfig, query: &EventQuery) -> u64 {
+    reader(clickhouse).count(query).await.unwrap_or(0)
 }
