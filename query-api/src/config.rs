@@ -147,6 +147,9 @@ impl ApiConfig {
                 ));
             }
         }
+        // Checked here, before anything connects, so a bad entry stops start-up at once.
+        crate::auth::KeyStore::new(&self.keys)
+            .map_err(|error| ConfigError::invalid_value("api.keys", error.to_string()))?;
         let limits = &self.limits;
         for (key, value) in [
             ("max_range_secs", limits.max_range_secs),
@@ -240,9 +243,10 @@ mod tests {
     #[test]
     fn keys_parse() {
         let settings = ApiSettings::load(
-            &ConfigSource::from_toml_str(
-                "[[api.keys]]\nid = \"a\"\nrole = \"auditor\"\nsha256 = \"00\"\n",
-            )
+            &ConfigSource::from_toml_str(&format!(
+                "[[api.keys]]\nid = \"a\"\nrole = \"auditor\"\nsha256 = \"{}\"\n",
+                crate::auth::key_hash("k")
+            ))
             .unwrap(),
         )
         .unwrap();

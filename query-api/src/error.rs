@@ -149,3 +149,32 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A single path parameter whose rejection (say, percent-encoded bytes that are not UTF-8) is
+/// a JSON 400 naming the parameter like every other error, not axum's plain-text one.
+#[derive(Debug, Clone)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let name = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .and_then(|path| {
+                let path = path.as_str();
+                let start = path.rfind('{')?;
+                let end = path[start..].find('}')?;
+                Some(path[start + 1..start + end].to_owned())
+            })
+            .unwrap_or_else(|| "path".to_owned());
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::bad_parameter(&name, rejection.body_text())),
+        }
+    }
+}

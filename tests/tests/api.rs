@@ -625,6 +625,9 @@ async fn each_malformed_parameter_is_a_400_that_names_it() {
         ),
         (format!("/v1/events?{range}&q={}", encode("\"open")), "`q`"),
         ("/v1/events/not-a-uuid".into(), "`event_id`"),
+        ("/v1/events/%FF%FE".into(), "`event_id`"),
+        ("/v1/jobs/%FF".into(), "`job_id`"),
+        (format!("/v1/events?{range}&%FF=1"), "unknown parameter"),
         (format!("/v1/stats/histogram?{range}"), "`interval`"),
         (
             format!("/v1/stats/histogram?{range}&interval=1w"),

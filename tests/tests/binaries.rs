@@ -42,6 +42,7 @@ const BINARIES: &[(&str, &str)] = &[
     ("ledgerline-registry", "ledgerline-registry"),
     ("ledgerline-service", "ledgerline-admin"),
     ("ledgerline-consumers", "ledgerline-consumer"),
+    ("ledgerline-query-api", "ledgerline-api"),
 ];
 
 /// Builds [`BINARIES`] once per test process and returns the directory that holds them.
@@ -387,4 +388,86 @@ database = \"{database}\"
         &format!("`ledgerline-consumer {CONSUMER_SUBCOMMAND}` with an unreachable broker"),
         &[&address],
     );
+}
+
+// --- ledgerline-api ---
+
+#[test]
+fn api_refuses_an_unknown_key() {
+    assert_each_fails(
+        "ledgerline-api",
+        &[],
+        &[
+            ("[api]\nlistn = \"127.0.0.1:1\"\n", &["api.listn"]),
+            ("[api.limits]\nmax_pages = 5\n", &["max_pages"]),
+        ],
+    );
+}
+
+#[test]
+fn api_refuses_a_bad_value() {
+    assert_each_fails(
+        "ledgerline-api",
+        &[],
+        &[
+            // The API reads as the read-only users, never as a writer.
+            (
+                "[api.clickhouse]\nuser = \"projector\"\n",
+                &["api.clickhouse.user"],
+            ),
+            ("[api.limits]\nmax_page = 0\n", &["api.limits.max_page"]),
+            (
+                "[[api.keys]]\nid = \"k\"\nrole = \"auditor\"\nsha256 = \"abc\"\n",
+                &["api.keys", "`k`", "sha256"],
+            ),
+            (
+                "[[api.keys]]\nid = \"k\"\nrole = \"root\"\nsha256 = \"abc\"\n",
+                &["root"],
+            ),
+        ],
+    );
+}
+
+/// `keys create` prints the key once and the config lines that hold only its SHA-256.
+#[test]
+fn api_keys_create_prints_a_key_and_its_hash_line() {
+    let run = run(
+        "ledgerline-api",
+        &["keys", "create", "--role", "auditor", "--id", "sec-team"],
+        "",
+        CONFIG_ERROR_BOUND,
+    );
+    assert!(run.status.success(), "{}", run.output);
+    let key = run
+        .output
+        .split_whitespace()
+        .find(|word| word.starts_with("llk_"))
+        .unwrap_or_else(|| panic!("no key in\n{}", run.output));
+    assert!(key.len() >= 4 + 43, "{key}");
+    let hash = ledgerline_query_api::auth::key_hash(key);
+    let entry =
+        format!("[[api.keys]]\nid = \"sec-team\"\nrole = \"auditor\"\nsha256 = \"{hash}\"\n");
+    assert!(run.output.contains(&entry), "{}", run.output);
+    assert_eq!(
+        run.output.matches(key).count(),
+        1,
+        "the key is printed once"
+    );
+    let other = run_keys_plain();
+    assert_ne!(other, key);
+}
+
+fn run_keys_plain() -> String {
+    let run = run(
+        "ledgerline-api",
+        &["keys", "create", "--role", "analyst", "--plain"],
+        "",
+        CONFIG_ERROR_BOUND,
+    );
+    assert!(run.status.success(), "{}", run.output);
+    let fields: Vec<&str> = run.output.trim().split('\t').collect();
+    assert_eq!(fields.len(), 3, "{}", run.output);
+    assert_eq!(ledgerline_query_api::auth::key_hash(fields[0]), fields[2]);
+    assert!(fields[1].starts_with("analyst-"));
+    fields[0].to_owned()
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +21,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::audit_trail::AuditRead;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, PathParam};
 use crate::params::{self, Params};
 use crate::routes::events::{parse_event_id, FilterParams, PageParams};
 use crate::state::{AppState, Authenticated};
@@ -147,7 +147,7 @@ pub async fn audit_events(
 pub async fn proof(
     State(state): State<AppState>,
     who: Authenticated,
-    Path(event_id): Path<String>,
+    PathParam(event_id): PathParam,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     who.require_auditor()?;

@@ -4,7 +4,7 @@
 //! `hidden = [audit]` inside every query. They are read through `/v1/audit/*` only, where each
 //! read is itself recorded.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::Json;
 use ledgerline_consumers::projector::queries::{SplitBy, TopField};
 use ledgerline_schemas::json::event_json;
@@ -12,7 +12,7 @@ use ledgerline_schemas::Category;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, PathParam};
 use crate::params::{self, Params};
 use crate::state::{AppState, Authenticated};
 
@@ -138,7 +138,7 @@ pub fn parse_event_id(text: &str) -> ApiResult<String> {
 pub async fn get_event(
     State(state): State<AppState>,
     _who: Authenticated,
-    Path(event_id): Path<String>,
+    PathParam(event_id): PathParam,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<serde_json::Value>> {
     Params::parse(raw.as_deref())?.finish()?;

@@ -1,7 +1,7 @@
 //! `/v1/jobs` and `/v1/jobs/{job_id}`: each job's latest status and progress (from
 //! `job_status`), and one job's timeline of job and connection events.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::Json;
 use ledgerline_consumers::projector::queries::JobState;
 use ledgerline_schemas::event::JobStatus;
@@ -9,7 +9,7 @@ use ledgerline_schemas::json::event_json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, PathParam};
 use crate::params::{self, Params};
 use crate::state::{AppState, Authenticated};
 
@@ -144,7 +144,7 @@ pub struct JobParams {
 pub async fn get_job(
     State(state): State<AppState>,
     _who: Authenticated,
-    Path(job_id): Path<String>,
+    PathParam(job_id): PathParam,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<JobDetail>> {
     let mut params = Params::parse(raw.as_deref())?;
