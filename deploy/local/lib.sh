@@ -6,6 +6,8 @@
 #   log/        one log per process
 #   tansu/      the broker's SQLite database (durable across restarts)
 #   clickhouse/ ClickHouse config, credentials and data
+#   archive/    the audit archive's development signing key and its public key
+#   dev-keys.env the query API's development keys (analyst, auditor, admin; mode 0600)
 # ~/.cache/ledgerline (LEDGERLINE_CACHE_DIR) holds what outlives a checkout: the Tansu binary.
 
 set -euo pipefail
@@ -18,13 +20,14 @@ TANSU_VERSION="0.6.0"
 TANSU_BIN="$CACHE_DIR/tansu-$TANSU_VERSION/bin/tansu"
 PYTHON_VENV="$CACHE_DIR/python-venv"
 
-# Default ports of the local stack (the query API and registry arrive with their issues).
+# Default ports of the local stack.
 BROKER_PORT=9092
 CLICKHOUSE_HTTP_PORT=8123
 CLICKHOUSE_TCP_PORT=9000
 REGISTRY_PORT=8081
 PROJECTOR_PORT=9101
 ARCHIVE_PORT=9102
+API_PORT=8080
 
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
 # unused), and Debian's ClickHouse 18.16.
@@ -120,6 +123,10 @@ projector_healthy() {
 
 archive_healthy() {
   curl -fsS "http://127.0.0.1:$ARCHIVE_PORT/health" >/dev/null 2>&1
+}
+
+api_healthy() {
+  curl -fsS "http://127.0.0.1:$API_PORT/health" >/dev/null 2>&1
 }
 
 registry_healthy() {
