@@ -31,6 +31,8 @@ pub struct AuditRead {
     /// The parameters as given (and the path's event id, when there is one).
     pub filter: serde_json::Value,
     pub rows: u64,
+    /// A refused attempt (the wrong role): recorded with outcome DENIED.
+    pub denied: bool,
 }
 
 impl AuditRead {
@@ -43,6 +45,7 @@ impl AuditRead {
             route: route.to_owned(),
             filter,
             rows,
+            denied: false,
         }
     }
 }
@@ -83,13 +86,35 @@ impl AuditTrail for LedgerTrail {
             });
             let draft = self
                 .ledger
-                .audit(EVENT_NAME, actor, "read", Outcome::Success, details)
+                .audit(
+                    EVENT_NAME,
+                    actor,
+                    "read",
+                    if read.denied {
+                        Outcome::Denied
+                    } else {
+                        Outcome::Success
+                    },
+                    details,
+                )
                 .target("archive", "ledgerline_audit")
                 .attribute("key_id", read.key_id.clone())
-                .message(format!(
-                    "Audit archive read through {} by key {} ({} rows)",
-                    read.route, read.key_id, read.rows
-                ));
+                .message(if read.denied {
+                    format!(
+                        "Audit archive read through {} by key {} refused: role {}",
+                        read.route, read.key_id, read.role
+                    )
+                } else {
+                    format!(
+                        "Audit archive read through {} by key {} ({} rows)",
+                        read.route, read.key_id, read.rows
+                    )
+                });
+            let draft = if read.denied {
+                draft.level(ledgerline_producer::event::Level::Warn)
+            } else {
+                draft
+            };
             match tokio::time::timeout(self.timeout, draft.send()).await {
                 Ok(Ok(delivered)) => {
                     metrics::counter!("ledgerline_api_audit_reads_recorded_total").increment(1);

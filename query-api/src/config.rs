@@ -67,6 +67,9 @@ pub struct LimitsConfig {
     /// How long an audit read waits for its audit event to be acknowledged before it is
     /// refused with 503.
     pub audit_publish_timeout_ms: u64,
+    /// Requests one key may have in progress at once; more get 429. With the rate limit this
+    /// bounds the ClickHouse work one client can start.
+    pub max_in_flight_per_key: u32,
 }
 
 impl Default for LimitsConfig {
@@ -81,6 +84,7 @@ impl Default for LimitsConfig {
             rate_per_second: 50,
             rate_burst: 200,
             audit_publish_timeout_ms: 10_000,
+            max_in_flight_per_key: 8,
         }
     }
 }
@@ -161,6 +165,10 @@ impl ApiConfig {
             ("rate_per_second", u64::from(limits.rate_per_second)),
             ("rate_burst", u64::from(limits.rate_burst)),
             ("audit_publish_timeout_ms", limits.audit_publish_timeout_ms),
+            (
+                "max_in_flight_per_key",
+                u64::from(limits.max_in_flight_per_key),
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid_value(

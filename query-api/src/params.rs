@@ -325,6 +325,16 @@ pub fn decode_cursor(scope: &str, query: &EventQuery, text: &str) -> ApiResult<C
     })
 }
 
+/// The position an opaque cursor holds, `(occurred_at_us, event_id)`, without checking its
+/// filters: for the audit trail's record of which page was read.
+pub fn cursor_position(text: &str) -> Option<(i64, String)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    let token: CursorToken = serde_json::from_slice(&bytes).ok()?;
+    Some((token.t, token.e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,12 @@
 //! unknown routes and methods, and the per-route request metrics.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ledgerline_service::http::Health;
@@ -73,6 +73,10 @@ pub const SIDE_ROUTES: [&str; 3] = ["/health", "/metrics", "/openapi.json"];
 
 /// The whole application.
 pub fn router(state: AppState, health: Health, metrics: PrometheusHandle) -> Router {
+    // A request may take ClickHouse's own limit and a margin; past that it is answered (the
+    // server or the network is hung) rather than held open. Verify and export read whole
+    // ranges and stream, so they are bounded by their one-at-a-time slot instead.
+    let timeout = Duration::from_secs(state.inner.limits.max_execution_time_secs + 5);
     let (api, mut doc) = api_routes();
     add_side_paths(&mut doc);
     let doc_json = doc.to_json().unwrap_or_else(|_| "{}".to_owned());
@@ -94,7 +98,9 @@ pub fn router(state: AppState, health: Health, metrics: PrometheusHandle) -> Rou
         .merge(openapi)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(track))
+        .layer(middleware::from_fn(move |request, next| {
+            track(request, next, timeout)
+        }))
 }
 
 /// Adds `/health`, `/metrics` and `/openapi.json` to the document, so it lists every route.
@@ -142,7 +148,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 
 /// Counts every request by route template, method and status, and times it. Unknown paths are
 /// counted under `unmatched` so a scan cannot blow up the label set.
-async fn track(request: Request, next: Next) -> Response {
+async fn track(request: Request, next: Next, timeout: Duration) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -151,7 +157,24 @@ async fn track(request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
     let span = tracing::info_span!("request", %route, %method, key_id = tracing::field::Empty);
-    let response = next.run(request).instrument(span.clone()).await;
+    let unbounded = matches!(route.as_str(), "/v1/audit/verify" | "/v1/audit/export");
+    let running = next.run(request).instrument(span.clone());
+    let response = if unbounded {
+        running.await
+    } else {
+        match tokio::time::timeout(timeout, running).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request took longer than {} s and was abandoned",
+                    timeout.as_secs()
+                ),
+            )
+            .into_response(),
+        }
+    };
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
     let labels = [

@@ -50,6 +50,11 @@ pub struct Inner {
     pub trail: Arc<dyn AuditTrail>,
     pub limits: LimitsConfig,
     limiter: DefaultKeyedRateLimiter<String>,
+    /// Requests in progress per key id.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Verify and export read the whole range asked for, outside the per-query row cap; one
+    /// runs at a time.
+    heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -89,6 +94,8 @@ impl AppState {
                 trail,
                 limits,
                 limiter,
+                in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
+                heavy: Arc::new(tokio::sync::Semaphore::new(1)),
             }),
         }
     }
@@ -115,32 +122,113 @@ impl AppState {
         }
     }
 
+    /// Counts a request of `caller` as in progress until the guard drops, or refuses it when
+    /// the key already has `max_in_flight_per_key` requests in progress.
+    fn enter(&self, caller: &Caller) -> Result<InFlight, ApiError> {
+        let max = self.inner.limits.max_in_flight_per_key;
+        let mut in_flight = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = in_flight.entry(caller.key_id.clone()).or_insert(0);
+        if *count >= max {
+            metrics::counter!("ledgerline_api_rate_limited_total").increment(1);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_in_flight",
+                format!(
+                    "key `{}` already has {max} requests in progress; wait for one to finish",
+                    caller.key_id
+                ),
+            )
+            .with_retry_after(1));
+        }
+        *count += 1;
+        Ok(InFlight {
+            state: self.clone(),
+            key_id: caller.key_id.clone(),
+        })
+    }
+
+    /// The slot for a verify or export, or 429 while another runs.
+    pub fn heavy_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.inner.heavy.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "another archive verification or export is running; one runs at a time",
+            )
+            .with_retry_after(5)
+        })
+    }
+
     /// Forgets limiter entries of keys that have been idle long enough to be full again.
     pub fn prune_limiter(&self) {
         self.inner.limiter.retain_recent();
     }
 }
 
-/// An authenticated, admitted request: who made it and from where.
+/// One request in progress for a key; dropping it ends the request.
+pub struct InFlight {
+    state: AppState,
+    key_id: String,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .state
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = in_flight.get_mut(&self.key_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                in_flight.remove(&self.key_id);
+            }
+        }
+    }
+}
+
+/// An authenticated, admitted request: who made it and from where. It counts as in progress
+/// for its key while the handler holds it.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub caller: Caller,
+    _in_flight: Arc<InFlight>,
     /// The peer address, for the audit trail.
     pub ip: String,
     pub user_agent: Option<String>,
 }
 
 impl Authenticated {
-    /// Refuses callers whose role may not review the audit archive.
-    pub fn require_auditor(&self) -> Result<(), ApiError> {
+    /// Refuses callers whose role may not review the audit archive. A refused attempt is
+    /// recorded in the audit trail too (outcome DENIED), best effort: the refusal stands
+    /// whether or not the record could be published, since nothing is released.
+    pub async fn require_auditor(&self, state: &AppState, route: &str) -> Result<(), ApiError> {
         if self.caller.role.can_review_audit() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "audit review needs the auditor role; key `{}` has the {} role",
-                self.caller.key_id, self.caller.role
-            )))
+            return Ok(());
         }
+        let mut attempt =
+            crate::audit_trail::AuditRead::new(self, route, serde_json::Value::Null, 0);
+        attempt.denied = true;
+        if let Err(error) = state.inner.trail.record(attempt).await {
+            tracing::warn!(key_id = %self.caller.key_id, %route, error = %error, "a refused audit review attempt could not be recorded");
+        }
+        Err(ApiError::forbidden(format!(
+            "audit review needs the auditor role; key `{}` has the {} role",
+            self.caller.key_id, self.caller.role
+        )))
     }
 
     pub fn role(&self) -> Role {
@@ -168,6 +256,7 @@ impl FromRequestParts<AppState> for Authenticated {
             .authenticate(token)
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
         state.admit(&caller)?;
+        let in_flight = state.enter(&caller)?;
         let ip = parts
             .extensions
             .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -181,6 +270,7 @@ impl FromRequestParts<AppState> for Authenticated {
         tracing::Span::current().record("key_id", caller.key_id.as_str());
         Ok(Self {
             caller,
+            _in_flight: Arc::new(in_flight),
             ip,
             user_agent,
         })

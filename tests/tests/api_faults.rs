@@ -75,7 +75,8 @@ async fn limits_an_unrecordable_audit_read_and_clickhouse_down_are_clear_errors(
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "audit_trail_unavailable");
     assert!(started.elapsed() < Duration::from_secs(30));
-    for path in ["/v1/audit/verify", "/v1/audit/export"] {
+    let proof = format!("/v1/audit/events/{}/proof", uuid::Uuid::now_v7());
+    for path in ["/v1/audit/verify", "/v1/audit/export", proof.as_str()] {
         let (status, body) = stack.get(Some(auditor), path).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),

@@ -279,7 +279,7 @@ const MAX_QUERY_SIZE: u64 = 4 << 20;
 /// Which ClickHouse limit a failed read hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryLimit {
-    /// Code 159, TIMEOUT_EXCEEDED.
+    /// Code 159, TIMEOUT_EXCEEDED, or 160, TOO_SLOW (estimated to exceed it).
     ExecutionTime,
     /// Code 158, TOO_MANY_ROWS.
     RowsToRead,
@@ -309,7 +309,9 @@ pub fn limit_hit(error: &ClickHouseError) -> Option<QueryLimit> {
         return None;
     };
     match exception_code(text)? {
-        159 => Some(QueryLimit::ExecutionTime),
+        // 160 TOO_SLOW: ClickHouse's estimate that the query cannot finish within
+        // max_execution_time, raised before it runs out.
+        159 | 160 => Some(QueryLimit::ExecutionTime),
         158 => Some(QueryLimit::RowsToRead),
         241 => Some(QueryLimit::Memory),
         _ => None,

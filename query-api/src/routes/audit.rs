@@ -42,7 +42,14 @@ fn filter_record(raw: Option<&str>) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for (name, value) in pairs {
         if name == "cursor" {
-            map.insert("paged".to_owned(), serde_json::Value::Bool(true));
+            // The opaque text is long and says nothing to a reviewer; the position it
+            // continues from says which page was released.
+            let position = params::cursor_position(&value)
+                .map(|(occurred_at_us, event_id)| {
+                    serde_json::json!({"occurred_at_us": occurred_at_us, "event_id": event_id})
+                })
+                .unwrap_or(serde_json::Value::Bool(true));
+            map.insert("after".to_owned(), position);
             continue;
         }
         let value: String = value.chars().take(1024).collect();
@@ -78,7 +85,7 @@ pub async fn audit_events(
     who: Authenticated,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<AuditEventsPage>> {
-    who.require_auditor()?;
+    who.require_auditor(&state, "/v1/audit/events").await?;
     let limits = &state.inner.limits;
     let mut params = Params::parse(raw.as_deref())?;
     let query = params::event_query(&mut params, limits.max_range_secs, Vec::new())?;
@@ -150,22 +157,37 @@ pub async fn proof(
     PathParam(event_id): PathParam,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    who.require_auditor()?;
+    who.require_auditor(&state, "/v1/audit/events/{event_id}/proof")
+        .await?;
     Params::parse(raw.as_deref())?.finish()?;
     let event_id = parse_event_id(&event_id)?;
+    let route = "/v1/audit/events/{event_id}/proof";
+    let filter = serde_json::json!({ "event_id": event_id });
+    // A 404 or 409 tells whether and where the event is archived, so those answers are
+    // recorded like the proof itself, before they leave.
     let proof = match proof::prove(&state.inner.archive, &event_id).await {
         Ok(proof) => proof,
         Err(ProofError::NotFound { .. }) => {
+            state
+                .inner
+                .trail
+                .record(AuditRead::new(&who, route, filter, 0))
+                .await?;
             return Err(ApiError::not_found(format!(
                 "no archived audit event has id {event_id}"
-            )))
+            )));
         }
         Err(error @ (ProofError::NotYetCheckpointed { .. } | ProofError::Ambiguous { .. })) => {
+            state
+                .inner
+                .trail
+                .record(AuditRead::new(&who, route, filter, 0))
+                .await?;
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "no_proof",
                 error.to_string(),
-            ))
+            ));
         }
         Err(ProofError::Store(error)) => return Err(ApiError::from_clickhouse("proof", &error)),
         Err(error) => {
@@ -179,12 +201,7 @@ pub async fn proof(
     state
         .inner
         .trail
-        .record(AuditRead::new(
-            &who,
-            "/v1/audit/events/{event_id}/proof",
-            serde_json::json!({ "event_id": event_id }),
-            1,
-        ))
+        .record(AuditRead::new(&who, route, filter, 1))
         .await?;
     let mut response = (
         [(
@@ -264,10 +281,11 @@ pub async fn verify_chain(
     who: Authenticated,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Report>> {
-    who.require_auditor()?;
+    who.require_auditor(&state, "/v1/audit/verify").await?;
     let mut params = Params::parse(raw.as_deref())?;
     let (partition, from, to) = range(&mut params)?;
     params.finish()?;
+    let _slot = state.heavy_slot()?;
     let options = VerifyOptions {
         partition,
         from,
@@ -318,10 +336,11 @@ pub async fn export(
     who: Authenticated,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    who.require_auditor()?;
+    who.require_auditor(&state, "/v1/audit/export").await?;
     let mut params = Params::parse(raw.as_deref())?;
     let (partition, from, to) = range(&mut params)?;
     params.finish()?;
+    let _slot = state.heavy_slot()?;
     let Some(codec) = state.inner.codec.clone() else {
         return Err(ApiError::unavailable(
             "registry_unavailable",
@@ -428,7 +447,7 @@ mod tests {
         let record = filter_record(Some("actor=a&actor=b&since=x&cursor=abc"));
         assert_eq!(
             record,
-            serde_json::json!({"actor": ["a", "b"], "since": "x", "paged": true})
+            serde_json::json!({"actor": ["a", "b"], "since": "x", "after": true})
         );
     }
 }

@@ -242,8 +242,14 @@ pub async fn histogram(
         }
     };
     params.finish()?;
-    let range_secs = ((query.until_us - query.since_us) as u64).div_ceil(1_000_000);
-    let buckets = range_secs.div_ceil(interval_secs);
+    // Buckets are aligned to multiples of the interval since the epoch, so the range can
+    // touch one more than its length suggests: count from the first to the last aligned one.
+    let interval_us = i64::try_from(interval_secs)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000);
+    let first = query.since_us.div_euclid(interval_us);
+    let last = (query.until_us - 1).div_euclid(interval_us);
+    let buckets = u64::try_from(last - first + 1).unwrap_or(u64::MAX);
     if buckets > limits.max_buckets {
         return Err(ApiError::bad_parameter(
             "interval",

@@ -119,6 +119,8 @@ pub struct JobDetail {
     /// The job's job and connection events, oldest first.
     #[schema(value_type = Vec<Object>)]
     pub timeline: Vec<serde_json::Value>,
+    /// The job has more events than `limit`; the timeline holds the oldest `limit`.
+    pub timeline_truncated: bool,
 }
 
 #[derive(Debug, utoipa::IntoParams)]
@@ -157,8 +159,8 @@ pub async fn get_job(
         ));
     }
     let reader = &state.inner.events;
-    let (job, timeline) =
-        tokio::try_join!(reader.job(&job_id), reader.job_timeline(&job_id, limit))
+    let (job, mut timeline) =
+        tokio::try_join!(reader.job(&job_id), reader.job_timeline(&job_id, limit + 1))
             .map_err(|error| ApiError::from_clickhouse("job lookup", &error))?;
     let Some(job) = job else {
         return Err(ApiError::not_found(format!(
@@ -166,8 +168,11 @@ pub async fn get_job(
             job_id.escape_debug()
         )));
     };
+    let timeline_truncated = timeline.len() as u64 > limit;
+    timeline.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(Json(JobDetail {
         job: job.into(),
         timeline: timeline.iter().map(event_json).collect(),
+        timeline_truncated,
     }))
 }
