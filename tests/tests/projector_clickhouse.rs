@@ -31,7 +31,10 @@ async fn migrated_database() -> (clickhouse::Client, String) {
     let harness = Harness::shared().unwrap();
     let database = harness.clickhouse.create_database().await.unwrap();
     let client = harness.clickhouse.client();
-    assert_eq!(migrate(&client, &database, MIGRATIONS).await.unwrap(), [1]);
+    assert_eq!(
+        migrate(&client, &database, MIGRATIONS).await.unwrap(),
+        [1, 2]
+    );
     (client, database)
 }
 
@@ -86,7 +89,10 @@ async fn migrations_create_the_tables_and_are_idempotent() {
     let client = harness.clickhouse.client();
     // A database that does not exist yet is created.
     let database = names::database();
-    assert_eq!(migrate(&client, &database, MIGRATIONS).await.unwrap(), [1]);
+    assert_eq!(
+        migrate(&client, &database, MIGRATIONS).await.unwrap(),
+        [1, 2]
+    );
     assert_eq!(
         migrate(&client, &database, MIGRATIONS).await.unwrap(),
         Vec::<u32>::new()
@@ -101,12 +107,18 @@ async fn migrations_create_the_tables_and_are_idempotent() {
     assert_eq!(tables, ["events", "job_status", "schema_migrations"]);
     let versions: Vec<(u32, String)> = client
         .query(&format!(
-            "SELECT version, description FROM {database}.schema_migrations"
+            "SELECT version, description FROM {database}.schema_migrations ORDER BY version"
         ))
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, [(1, "events and job_status".to_owned())]);
+    assert_eq!(
+        versions,
+        [
+            (1, "events and job_status".to_owned()),
+            (2, "events sorted by time first".to_owned())
+        ]
+    );
 
     // A bad name is refused before any SQL is sent.
     let error = migrate(&client, "ledgerline; DROP DATABASE x", MIGRATIONS)
@@ -116,6 +128,99 @@ async fn migrations_create_the_tables_and_are_idempotent() {
         error.to_string().contains("invalid clickhouse identifier"),
         "{error}"
     );
+}
+
+/// The sorting key of `events` as the server has it.
+async fn events_sorting_key(client: &clickhouse::Client, database: &str) -> String {
+    let create: String = client
+        .query(&format!("SHOW CREATE TABLE {database}.events"))
+        .fetch_one()
+        .await
+        .unwrap();
+    let start = create.find("ORDER BY").unwrap();
+    create[start..]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A database made by migration 1 alone, holding events, is rebuilt by migration 2 with
+/// every event kept, and the rebuild can run again from any point after a crash.
+#[tokio::test]
+async fn migration_2_rebuilds_events_sorted_by_time_keeping_every_event() {
+    let harness = Harness::shared().unwrap();
+    let client = harness.clickhouse.client();
+    let database = names::database();
+    assert_eq!(
+        migrate(&client, &database, &MIGRATIONS[..1]).await.unwrap(),
+        [1]
+    );
+    assert!(events_sorting_key(&client, &database)
+        .await
+        .contains("category, service"));
+    let events: Vec<Event> = (0..50)
+        .map(|n| {
+            samples::event(
+                [
+                    Category::Audit,
+                    Category::Job,
+                    Category::Connection,
+                    Category::System,
+                ][n % 4],
+                n as u64,
+            )
+        })
+        .collect();
+    for category in [
+        Category::Audit,
+        Category::Job,
+        Category::Connection,
+        Category::System,
+    ] {
+        let of: Vec<Event> = events
+            .iter()
+            .filter(|e| e.category() == category)
+            .cloned()
+            .collect();
+        insert::insert_events(&client, &database, &rows(&of, now_secs()))
+            .await
+            .unwrap();
+    }
+    let before = count(&client, &database, &EventQuery::default()).await;
+    assert_eq!(before, 50);
+
+    assert_eq!(migrate(&client, &database, MIGRATIONS).await.unwrap(), [2]);
+    assert!(
+        events_sorting_key(&client, &database)
+            .await
+            .starts_with("ORDER BY (occurred_at_us, event_id)"),
+        "{}",
+        events_sorting_key(&client, &database).await
+    );
+    assert_eq!(count(&client, &database, &EventQuery::default()).await, 50);
+    let mut read = search(&client, &database, &EventQuery::default(), 100).await;
+    let mut expected = events.clone();
+    let key = |e: &Event| e.envelope().event_id;
+    read.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(read, expected);
+
+    // A crash after the swap, before the migration was recorded: the statements run again.
+    for statement in MIGRATIONS[1].statements {
+        client
+            .query_raw(&statement.replace("{database}", &database))
+            .execute()
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(&client, &database, &EventQuery::default()).await, 50);
+    let tables: Vec<String> = client
+        .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
+        .bind(&database)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(tables, ["events", "job_status", "schema_migrations"]);
 }
 
 #[tokio::test]
