@@ -252,7 +252,7 @@ impl AuditReader {
         filter.push(EVENT_ROWS, Vec::new());
         let keys = Source::keys_filter(keys);
         let sql = format!(
-            "SELECT ?fields FROM {} WHERE {} AND {} \
+            "SELECT ?fields FROM {} PREWHERE {} AND {} \
              ORDER BY occurred_at_us DESC, event_id DESC, {FIRST_ARCHIVED} LIMIT 1 BY event_id",
             self.records.table,
             filter.sql(),
