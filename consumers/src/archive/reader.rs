@@ -342,7 +342,7 @@ mod tests {
         let sql = reader.rows_query(&keys).sql_display().to_string();
         assert_eq!(
             sql,
-            "SELECT ?fields FROM ledgerline_audit.records WHERE kind = 'event' \
+            "SELECT ?fields FROM ledgerline_audit.records PREWHERE kind = 'event' \
              AND occurred_at_us >= 3 AND occurred_at_us <= 3 AND event_id IN ('e') \
              ORDER BY occurred_at_us DESC, event_id DESC, topic, `partition`, `offset` \
              LIMIT 1 BY event_id"

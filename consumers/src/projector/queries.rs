@@ -1132,7 +1132,7 @@ mod tests {
         let sql = sql_of(reader().rows_query(&keys, &[Category::Audit, Category::System]));
         assert_eq!(
             sql,
-            "SELECT ?fields FROM db.events WHERE occurred_at_us >= 4 AND occurred_at_us <= 9 \
+            "SELECT ?fields FROM db.events PREWHERE occurred_at_us >= 4 AND occurred_at_us <= 9 \
              AND event_id IN ('b', 'a') AND category NOT IN ('audit', 'system') \
              ORDER BY occurred_at_us DESC, event_id DESC, ingested_at, `partition`, `offset` \
              LIMIT 1 BY event_id"
