@@ -321,7 +321,11 @@ impl Generator {
                 category_names[((bits >> 8) % category_names.len() as u64) as usize].to_owned();
             let word = |shift: u32| WORDS[((bits >> shift) % WORDS.len() as u64) as usize];
             let device = format!("dev-{:05}", (bits >> 40) % 5_000);
-            let rare = if (bits >> 20) % 1000 == 0 { RARE } else { "" };
+            let rare = if (bits >> 20).is_multiple_of(1000) {
+                RARE
+            } else {
+                ""
+            };
             row.message = match category {
                 Category::Job => format!(
                     "{} {} {} step on {device} {} {rare}",
@@ -368,14 +372,14 @@ impl Generator {
                     if category == Category::Job {
                         let (status, progress) = match position {
                             0 => ("QUEUED", 0),
-                            19 if bits % 20 == 0 => ("FAILED", 95),
+                            19 if bits.is_multiple_of(20) => ("FAILED", 95),
                             19 => ("COMPLETED", 100),
                             p => ("RUNNING", (p * 5) as i32),
                         };
                         row.job_status = Some(status.to_owned());
                         row.progress = Some(progress);
                         row.parent_job_id = None;
-                        if number % 997 == 0 && position == 19 {
+                        if number.is_multiple_of(997) && position == 19 {
                             self.sample_jobs.push(id.clone());
                         }
                         jobs.push(JobStatusRow {
@@ -406,11 +410,9 @@ impl Generator {
                         row.error = (level == "ERROR").then(|| "authentication failed".to_owned());
                     }
                 }
-                Category::System => {
-                    if !matches!(level, "ERROR" | "CRITICAL") {
-                        row.error = None;
-                        row.error_chain = Vec::new();
-                    }
+                Category::System if !matches!(level, "ERROR" | "CRITICAL") => {
+                    row.error = None;
+                    row.error_chain = Vec::new();
                 }
                 _ => {}
             }
