@@ -18,7 +18,7 @@ use super::row::KIND_EVENT;
 use crate::clickhouse::error::query_failed;
 use crate::clickhouse::{validate_identifier, ClickHouseError, Result};
 use crate::projector::queries::{
-    bind_all, Column, Cursor, EventQuery, Field, Filter, ReadLimits, Source, Value,
+    bind_all, Column, Cursor, EventQuery, Field, Filter, ReadLimits, Source, Value, ROWS_PER_FETCH,
 };
 
 /// An archived audit event and where it sits in the chain.
@@ -235,11 +235,16 @@ impl AuditReader {
                 next,
             });
         }
-        let rows: Vec<AuditRow> = self
-            .rows_query(&keys)
-            .fetch_all()
-            .await
-            .map_err(query_failed(format!("search of {}", self.records.table)))?;
+        // In chunks, as the projector's reader does: ClickHouse caps a query's size.
+        let mut rows: Vec<AuditRow> = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(ROWS_PER_FETCH) {
+            let fetched: Vec<AuditRow> = self
+                .rows_query(chunk)
+                .fetch_all()
+                .await
+                .map_err(query_failed(format!("search of {}", self.records.table)))?;
+            rows.extend(fetched);
+        }
         let events = rows
             .into_iter()
             .map(AuditRow::into_archived)

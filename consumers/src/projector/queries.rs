@@ -318,6 +318,9 @@ pub fn limit_hit(error: &ClickHouseError) -> Option<QueryLimit> {
     }
 }
 
+/// Keys per query when a page's rows are fetched by id (see [`EventReader::search`]).
+pub(crate) const ROWS_PER_FETCH: usize = 1_000;
+
 /// How a table holds a [`Field`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Column {
@@ -714,11 +717,18 @@ impl EventReader {
                 next,
             });
         }
-        let rows: Vec<EventRow> = self
-            .rows_query(&keys, &query.hidden)
-            .fetch_all()
-            .await
-            .map_err(query_failed(format!("search of {}", self.events.table)))?;
+        // The ids go into the SQL text, and ClickHouse caps a query's size (AST elements,
+        // 50,000 by default): a library caller may ask for far more than the API's 1,000.
+        // Each chunk's keys are contiguous in the page's order, so the rows stay in order.
+        let mut rows: Vec<EventRow> = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(ROWS_PER_FETCH) {
+            let fetched: Vec<EventRow> = self
+                .rows_query(chunk, &query.hidden)
+                .fetch_all()
+                .await
+                .map_err(query_failed(format!("search of {}", self.events.table)))?;
+            rows.extend(fetched);
+        }
         // The rows come in the keys' order; a key whose rows retention dropped in between is
         // left out rather than failing the page.
         let events = rows
