@@ -2,7 +2,6 @@
 //! `/openapi.json` lists exactly what is served), `/health`, `/metrics`, JSON answers for
 //! unknown routes and methods, and the per-route request metrics.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
@@ -13,7 +12,6 @@ use axum::routing::get;
 use axum::Router;
 use ledgerline_service::http::Health;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -192,22 +190,6 @@ async fn track(request: Request, next: Next, timeout: Duration) -> Response {
     response
 }
 
-/// Serves `router` on `addr` until `shutdown`, with peer addresses for the audit trail.
-pub async fn serve(
-    addr: SocketAddr,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    tracing::info!(%local, "query API listening");
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    });
-    Ok((local, task))
-}
+/// Serves `router` on `addr` until `shutdown`, with peer addresses for the audit trail: the
+/// shared listener of every service.
+pub use ledgerline_service::http::serve;

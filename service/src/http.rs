@@ -145,7 +145,8 @@ async fn metrics_handler(State(state): State<SideState>) -> impl IntoResponse {
 }
 
 /// Binds `addr` and serves `router` until `shutdown` is cancelled. Returns the bound address
-/// (useful with port 0) and the server task.
+/// (useful with port 0) and the server task. Handlers can read the peer address through
+/// `ConnectInfo<SocketAddr>` (the query API records it in its audit trail).
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
@@ -153,11 +154,14 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tracing::info!(%local, "side listener serving /health and /metrics");
+    tracing::info!(%local, "http listener serving");
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
     });
     Ok((local, task))
 }
