@@ -42,6 +42,104 @@ pub struct ApiConfig {
     /// Files holding such keys (the archiver's `public.key`), read at start-up.
     pub archive_public_key_files: Vec<PathBuf>,
     pub limits: LimitsConfig,
+    pub stream: StreamConfig,
+}
+
+/// `[api.stream]`: the live stream (`GET /v1/stream`) and its fan-out consumer.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Run the fan-out consumer and serve `/v1/stream`. Off, `/v1/stream` answers 503.
+    pub enabled: bool,
+    /// Open streams at once, all keys together; more are refused with 429 before the upgrade.
+    pub max_connections: usize,
+    /// Open streams at once per key.
+    pub max_connections_per_key: usize,
+    /// Events waiting for one client. When it is full the client's newer events are dropped
+    /// and counted, and it gets one `lagged` message with the count once it has room again.
+    pub queue_events: usize,
+    /// A client that keeps dropping events this long (its queue never empties in between) is
+    /// disconnected with close code 4410 `too_slow`.
+    pub slow_client_timeout_secs: u64,
+    /// A `heartbeat` message (and a ping) this often.
+    pub heartbeat_secs: u64,
+    /// A client that sends nothing (not even a pong) this long is closed with 4408
+    /// `idle_timeout`.
+    pub idle_timeout_secs: u64,
+    /// The largest message a client may send (its filter changes); larger ones are answered
+    /// with `message_too_large` and close code 1009.
+    pub max_message_bytes: usize,
+    /// Resumes (`since=`) reading from Kafka or ClickHouse at once; more wait their turn.
+    pub max_concurrent_resumes: usize,
+    /// The most stored events one `since=<time>` replays from ClickHouse; beyond it the client
+    /// gets `history_too_large` and is closed (ask `/v1/events` for long histories).
+    pub max_history_events: u64,
+    /// The fan-out consumer hands events on at least this often (ms) while they arrive.
+    pub fanout_batch_max_wait_ms: u64,
+    /// The fan-out consumer's `fetch.wait.max.ms` (see `[projector] fetch_wait_max_ms`).
+    pub fanout_fetch_wait_max_ms: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_connections: 10_000,
+            max_connections_per_key: 1_000,
+            queue_events: 1_024,
+            slow_client_timeout_secs: 30,
+            heartbeat_secs: 15,
+            idle_timeout_secs: 60,
+            max_message_bytes: 16 * 1024,
+            max_concurrent_resumes: 16,
+            max_history_events: 100_000,
+            fanout_batch_max_wait_ms: 5,
+            fanout_fetch_wait_max_ms: 50,
+        }
+    }
+}
+
+impl StreamConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, value) in [
+            ("max_connections", self.max_connections as u64),
+            (
+                "max_connections_per_key",
+                self.max_connections_per_key as u64,
+            ),
+            ("queue_events", self.queue_events as u64),
+            ("slow_client_timeout_secs", self.slow_client_timeout_secs),
+            ("heartbeat_secs", self.heartbeat_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max_message_bytes", self.max_message_bytes as u64),
+            ("max_concurrent_resumes", self.max_concurrent_resumes as u64),
+            ("max_history_events", self.max_history_events),
+            ("fanout_batch_max_wait_ms", self.fanout_batch_max_wait_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid_value(
+                    format!("api.stream.{key}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if self.idle_timeout_secs <= self.heartbeat_secs {
+            return Err(ConfigError::invalid_value(
+                "api.stream.idle_timeout_secs",
+                format!(
+                    "must be longer than heartbeat_secs ({}): clients answer the heartbeat's ping",
+                    self.heartbeat_secs
+                ),
+            ));
+        }
+        if self.fanout_fetch_wait_max_ms > 300_000 {
+            return Err(ConfigError::invalid_value(
+                "api.stream.fanout_fetch_wait_max_ms",
+                "must be at most 300000 (librdkafka's limit)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[api.limits]`.
@@ -108,6 +206,7 @@ impl Default for ApiConfig {
             archive_public_keys: Vec::new(),
             archive_public_key_files: Vec::new(),
             limits: LimitsConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -177,6 +276,7 @@ impl ApiConfig {
                 ));
             }
         }
+        self.stream.validate()?;
         if limits.default_page > limits.max_page {
             return Err(ConfigError::invalid_value(
                 "api.limits.default_page",

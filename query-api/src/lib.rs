@@ -1,12 +1,13 @@
 //! `ledgerline-query-api` owns `ledgerline-api`, the axum server analysts and auditors use:
-//! search, stats, job status, audit review (auditor role only), health, metrics and OpenAPI;
-//! the websocket live stream joins it next.
+//! search, stats, job status, audit review (auditor role only), the websocket live stream,
+//! health, metrics and OpenAPI.
 //!
 //! - [`config`]: `[api]`: listen address, the two read-only ClickHouse users, keys, limits;
 //! - [`auth`]: API keys (random, 256 bits, stored as SHA-256), roles, `keys create`;
 //! - [`params`]: strict query-string parsing, the shared event filters and opaque cursors;
 //! - [`search`]: the `q=` search syntax (`level:error service:billing -name:health.*`);
 //! - [`routes`]: the handlers; [`server`]: the router, OpenAPI document, metrics, serving;
+//! - [`stream`]: `/v1/stream`, the live fan-out with filters, roles and gapless resume;
 //! - [`audit_trail`]: every audit read is published as an `audit.archive.read` event first;
 //! - [`error`]: every error is `{"error": {"code", "message"}}`.
 //!
@@ -22,6 +23,7 @@ pub mod routes;
 pub mod search;
 pub mod server;
 pub mod state;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +67,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Stream(#[from] stream::StreamStartError),
     #[error("the server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -177,11 +181,30 @@ pub async fn run(
     started: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<(), StartError> {
     let ledger = build_ledger(&settings).await?;
-    let trail = Arc::new(audit_trail::LedgerTrail::new(
+    let trail: Arc<dyn audit_trail::AuditTrail> = Arc::new(audit_trail::LedgerTrail::new(
         ledger.clone(),
         Duration::from_millis(settings.api.limits.audit_publish_timeout_ms),
     ));
-    let (state, health) = build_state(&settings, trail)?;
+    let (state, mut health) = build_state(&settings, Arc::clone(&trail))?;
+    let fanout = match (&state.inner.codec, settings.api.stream.enabled) {
+        (Some(codec), true) => {
+            let (service, task) = stream::StreamService::start(
+                settings.api.stream.clone(),
+                settings.kafka.clone(),
+                Arc::clone(codec),
+                state.inner.events.clone(),
+                trail,
+                shutdown.clone(),
+            )?;
+            let _ = state.inner.stream.set(Arc::clone(&service));
+            health = health.with_check("fanout", move || {
+                let service = Arc::clone(&service);
+                async move { service.check() }
+            });
+            Some(task)
+        }
+        _ => None,
+    };
     let pruner = {
         let state = state.clone();
         let shutdown = shutdown.clone();
@@ -205,6 +228,9 @@ pub async fn run(
     }
     let served = task.await;
     pruner.abort();
+    if let Some(fanout) = fanout {
+        let _ = tokio::time::timeout(Duration::from_secs(10), fanout).await;
+    }
     let _ = ledger.flush(Duration::from_secs(5)).await;
     match served {
         Ok(result) => result.map_err(StartError::Serve),

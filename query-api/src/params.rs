@@ -43,6 +43,12 @@ impl Params {
                     format!("the query string cannot be decoded: {error}"),
                 )
             })?;
+        Self::from_pairs(pairs)
+    }
+
+    /// Parameters given as name/value pairs (the live stream's JSON filter messages), under
+    /// the same rules as a query string.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> ApiResult<Self> {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in pairs {
             if value.len() > MAX_VALUE_LEN {
@@ -54,6 +60,18 @@ impl Params {
             values.entry(name).or_default().push(value);
         }
         Ok(Self { values })
+    }
+
+    /// The values of `names` that were given, left in place: for echoing a filter back.
+    pub fn snapshot(&self, names: &[&str]) -> BTreeMap<String, Vec<String>> {
+        names
+            .iter()
+            .filter_map(|name| {
+                self.values
+                    .get(*name)
+                    .map(|values| ((*name).to_owned(), values.clone()))
+            })
+            .collect()
     }
 
     /// A single-valued parameter.
@@ -184,6 +202,20 @@ pub fn event_query(
             format!("the range from `since` is longer than the limit of {max_range_secs} seconds"),
         ));
     }
+    let (min_level, conditions) = filters(params)?;
+    Ok(EventQuery {
+        since_us,
+        until_us,
+        min_level,
+        conditions,
+        hidden,
+    })
+}
+
+/// Reads the event filters without the range: the typed filters, `level` and `q`, as the
+/// minimum level and the conditions (ANDed). Shared by [`event_query`] and the live stream,
+/// whose subscriptions take the same filters.
+pub fn filters(params: &mut Params) -> ApiResult<(Option<Level>, Vec<Condition>)> {
     let mut conditions = Vec::new();
     for &(name, field) in LIST_FILTERS {
         let values = params.list(name)?;
@@ -235,13 +267,7 @@ pub fn event_query(
         })?;
         conditions.extend(parsed);
     }
-    Ok(EventQuery {
-        since_us,
-        until_us,
-        min_level,
-        conditions,
-        hidden,
-    })
+    Ok((min_level, conditions))
 }
 
 /// Checks and normalises one typed-filter value: categories lower case, outcomes upper case.

@@ -63,6 +63,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::proof))
         .routes(routes!(audit::verify_chain))
         .routes(routes!(audit::export))
+        .route("/v1/stream", get(crate::stream::stream))
         .split_for_parts()
 }
 
@@ -106,6 +107,10 @@ fn add_side_paths(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
     use utoipa::openapi::ResponseBuilder;
     for (path, description) in [
+        (
+            "/v1/stream",
+            "The live stream: a websocket (key by Authorization header or `?key=`; `since=` a cursor or an RFC 3339 time; the /v1/events filters). Messages and close codes: docs/stream.md",
+        ),
         (
             "/health",
             "Component checks: 200 when all pass, 503 naming the failing one",

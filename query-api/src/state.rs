@@ -55,6 +55,8 @@ pub struct Inner {
     /// Verify and export read the whole range asked for, outside the per-query row cap; one
     /// runs at a time.
     heavy: Arc<tokio::sync::Semaphore>,
+    /// The live stream, once its fan-out consumer is started (`[api.stream] enabled`).
+    pub stream: std::sync::OnceLock<Arc<crate::stream::StreamService>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -96,12 +98,13 @@ impl AppState {
                 limiter,
                 in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
                 heavy: Arc::new(tokio::sync::Semaphore::new(1)),
+                stream: std::sync::OnceLock::new(),
             }),
         }
     }
 
     /// Takes one request from `caller`'s budget, or says when the next is allowed.
-    fn admit(&self, caller: &Caller) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, caller: &Caller) -> Result<(), ApiError> {
         match self.inner.limiter.check_key(&caller.key_id) {
             Ok(()) => Ok(()),
             Err(not_until) => {

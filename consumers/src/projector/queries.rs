@@ -755,6 +755,74 @@ impl EventReader {
         bind_all(self.client.query(&sql), values)
     }
 
+    /// Where the stored events end per Kafka partition: `(topic, partition, next)`, one past
+    /// the greatest offset stored. The projector stores a prefix of each partition (see
+    /// [`super`]), so every event below `next` that became a row is one; the live stream's
+    /// history replay reads ClickHouse below it and Kafka from it.
+    pub async fn stored_positions(&self) -> Result<Vec<(String, i32, i64)>> {
+        self.client
+            .query(&format!(
+                "SELECT topic, `partition`, max(`offset`) + 1 FROM {} GROUP BY topic, `partition`",
+                self.events.table
+            ))
+            .fetch_all::<(String, i32, i64)>()
+            .await
+            .map_err(query_failed(format!(
+                "stored positions of {}",
+                self.events.table
+            )))
+    }
+
+    /// Up to `limit` stored events of `query` oldest first (by `occurred_at_us`, then
+    /// `event_id`), strictly after `after`, each event once, and only rows read from Kafka
+    /// below `below` = `(topic, partition, offset)`; partitions not named are left out. The
+    /// live stream's `since=<time>` replay, whose Kafka part starts where this one ends.
+    pub async fn replay(
+        &self,
+        query: &EventQuery,
+        below: &[(String, i32, i64)],
+        after: Option<&Cursor>,
+        limit: u64,
+    ) -> Result<Vec<Event>> {
+        if below.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = self.events.filter(query);
+        let mut bounds = Vec::with_capacity(below.len());
+        let mut values = Vec::with_capacity(below.len() * 3);
+        for (topic, partition, offset) in below {
+            bounds.push("(topic = ? AND `partition` = ? AND `offset` < ?)");
+            values.push(Value::Text(topic.clone()));
+            values.push(Value::Int(i64::from(*partition)));
+            values.push(Value::Int(*offset));
+        }
+        filter.push(format!("({})", bounds.join(" OR ")), values);
+        if let Some(after) = after {
+            filter.push(
+                "(occurred_at_us > ? OR (occurred_at_us = ? AND event_id > ?))",
+                vec![
+                    Value::Int(after.occurred_at_us),
+                    Value::Int(after.occurred_at_us),
+                    Value::Text(after.event_id.clone()),
+                ],
+            );
+        }
+        let sql = format!(
+            "SELECT ?fields FROM {} WHERE {} \
+             ORDER BY occurred_at_us, event_id, {FIRST_STORED} LIMIT 1 BY event_id LIMIT ?",
+            self.events.table,
+            filter.sql()
+        );
+        let mut values = Vec::new();
+        filter.values_into(&mut values);
+        values.push(Value::UInt(limit));
+        let rows: Vec<EventRow> = bind_all(self.client.query(&sql), values)
+            .fetch_all()
+            .await
+            .map_err(query_failed(format!("replay of {}", self.events.table)))?;
+        rows.iter().map(EventRow::to_event).collect()
+    }
+
     /// How many distinct events match `query`.
     pub async fn count(&self, query: &EventQuery) -> Result<u64> {
         self.events

@@ -16,11 +16,13 @@ use ledgerline_consumers::projector::{self, ProjectorConfig, ProjectorSettings};
 use ledgerline_consumers::runtime::ConsumerSettings;
 use ledgerline_producer::{Ledger, ProducerConfig};
 use ledgerline_query_api::auth::{generate_key, Role};
-use ledgerline_query_api::config::{ApiConfig, ApiSettings, LimitsConfig};
+use ledgerline_query_api::config::{ApiConfig, ApiSettings, LimitsConfig, StreamConfig};
 use ledgerline_schemas::topics::DLQ_TOPIC;
 use ledgerline_schemas::Category;
 use ledgerline_service::kafka::KafkaConfig;
 use ledgerline_service::schema_registry::SchemaRegistryConfig;
+pub mod ws;
+
 use ledgerline_tests::{names, Broker, BrokerStorage, ClickHouseServer, RegistryServer};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
@@ -45,9 +47,47 @@ pub struct ApiStack {
     /// `(key, key id)` per role.
     pub keys: Keys,
     pub public_key_hex: String,
+    /// What the API was started with, for replicas.
+    pub settings: ApiSettings,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+}
+
+/// Another `ledgerline-api` on the same broker, registry and ClickHouse.
+pub struct Replica {
+    /// `http://127.0.0.1:<port>`.
+    pub api: String,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How an [`ApiStack`] is started.
+pub struct StackOptions {
+    pub limits: LimitsConfig,
+    pub stream: StreamConfig,
+    /// SQLite for tests that read from mid-batch offsets (stream resumes): the memory engine
+    /// skips the rest of a batch a fetch starts inside.
+    pub storage: BrokerStorage,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            limits: LimitsConfig::default(),
+            stream: StreamConfig::default(),
+            storage: BrokerStorage::Memory,
+        }
+    }
 }
 
 impl Drop for ApiStack {
@@ -76,8 +116,20 @@ fn keys(
 impl ApiStack {
     /// Starts everything and returns once the API answers `/health` with 200.
     pub fn start(limits: LimitsConfig) -> ApiStack {
+        Self::start_with(StackOptions {
+            limits,
+            ..StackOptions::default()
+        })
+    }
+
+    pub fn start_with(options: StackOptions) -> ApiStack {
+        let StackOptions {
+            limits,
+            stream,
+            storage,
+        } = options;
         let clickhouse = std::thread::spawn(ClickHouseServer::start);
-        let broker = Broker::start(BrokerStorage::Memory).unwrap();
+        let broker = Broker::start(storage).unwrap();
         let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
         let clickhouse = clickhouse.join().unwrap().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -156,6 +208,7 @@ impl ApiStack {
                 archive_public_keys: Vec::new(),
                 archive_public_key_files: vec![public_key_file],
                 limits,
+                stream,
             },
             kafka: kafka.clone(),
             schema_registry,
@@ -166,6 +219,7 @@ impl ApiStack {
             },
         };
         api.api.validate().unwrap();
+        let settings = api.clone();
 
         let shutdown = CancellationToken::new();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -224,11 +278,55 @@ impl ApiStack {
                 admin,
             },
             public_key_hex: generated.public_key_hex,
+            settings,
             shutdown,
             thread: Some(thread),
             _dir: dir,
         };
         stack
+    }
+
+    /// Starts another API on this stack's servers, on a port of its own.
+    pub fn replica(&self) -> Replica {
+        let mut settings = self.settings.clone();
+        settings.api.listen = format!(
+            "127.0.0.1:{}",
+            ledgerline_tests::process::free_port().unwrap()
+        )
+        .parse()
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let metrics = ledgerline_service::telemetry::prometheus().unwrap();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(ledgerline_query_api::run(
+                    settings,
+                    metrics,
+                    token.clone(),
+                    Some(tx),
+                ));
+                let address = rx.await.unwrap();
+                started_tx.send(address).unwrap();
+                token.cancelled().await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            });
+        });
+        let address = started_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the replica did not start");
+        Replica {
+            api: format!("http://{address}"),
+            shutdown,
+            thread: Some(thread),
+        }
     }
 
     pub fn analyst(&self, index: usize) -> &str {
