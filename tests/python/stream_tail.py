@@ -6,6 +6,9 @@ Usage: stream_tail.py <ws-url> <count>
 Prints one JSON line when subscribed, then, after <count> events, one line
 {"events": [...]} with the events as received, and exits 0. Exits 1 with a JSON line
 naming the problem on an error message, a close, or a timeout of 60 s.
+
+With <count> 0 it follows: every message is printed as a JSON line as it arrives, until
+the server closes the stream or Ctrl-C.
 """
 
 import asyncio
@@ -20,12 +23,15 @@ async def main(url: str, count: int) -> int:
     async with websockets.connect(url, max_size=4 * 1024 * 1024) as socket:
         while True:
             try:
-                text = await asyncio.wait_for(socket.recv(), timeout=60)
+                text = await asyncio.wait_for(socket.recv(), timeout=None if count == 0 else 60)
             except (asyncio.TimeoutError, websockets.ConnectionClosed) as error:
                 print(json.dumps({"error": repr(error), "events": events}), flush=True)
                 return 1
             message = json.loads(text)
             kind = message.get("type")
+            if count == 0:
+                print(json.dumps(message), flush=True)
+                continue
             if kind == "subscribed":
                 print(json.dumps(message), flush=True)
             elif kind == "event":

@@ -969,6 +969,7 @@ async fn openapi_lists_exactly_the_served_routes_and_metrics_count_them() {
         "/v1/jobs/{job_id}",
         "/v1/stats/histogram",
         "/v1/stats/top",
+        "/v1/stream",
     ];
     let expected: Vec<(String, String)> = served
         .iter()

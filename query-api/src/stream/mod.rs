@@ -174,6 +174,13 @@ impl StreamService {
             .map(|category| category.topic_name().to_owned())
             .collect();
         let runtime_config = RuntimeConfig::broadcast(FANOUT, topics, StartAt::Latest, &settings);
+        // librdkafka prefetches up to 64 MiB by default; the fan-out keeps up with the head, so
+        // 16 MiB is plenty and keeps the API small. An operator's own setting wins.
+        let mut fanout_kafka = kafka.clone();
+        fanout_kafka
+            .librdkafka
+            .entry("queued.max.messages.kbytes".to_owned())
+            .or_insert_with(|| "16384".to_owned());
         let status = runtime_config.status.clone();
         let service = Arc::new(Self {
             hub: Arc::clone(&hub),
@@ -195,7 +202,8 @@ impl StreamService {
             tokio::spawn(async move {
                 let sink = FanoutSink::new(hub, metadata);
                 let result =
-                    runtime::run(runtime_config, &kafka, codec, sink, shutdown.clone()).await;
+                    runtime::run(runtime_config, &fanout_kafka, codec, sink, shutdown.clone())
+                        .await;
                 if !shutdown.is_cancelled() {
                     let reason = match result {
                         Ok(()) => "the fan-out consumer stopped".to_owned(),

@@ -166,7 +166,12 @@ impl Replay {
             }
         }
         let consumer: StreamConsumer = kafka
-            .consumer_config(&[("fetch.wait.max.ms", "50".to_owned())])
+            .consumer_config(&[
+                ("fetch.wait.max.ms", "50".to_owned()),
+                // librdkafka prefetches up to 64 MiB per consumer by default; a resume reads
+                // at the pace of one client's socket, and several may run at once.
+                ("queued.max.messages.kbytes", "4096".to_owned()),
+            ])
             .set(
                 "group.id",
                 format!("ledgerline-stream-resume-{}", uuid::Uuid::new_v4()),

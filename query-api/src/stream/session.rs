@@ -319,10 +319,12 @@ impl Session {
                 ),
             )
         };
-        // Partitions the cursor does not name appeared after it: all of them is new.
-        let missing: Vec<(Category, i32)> = service
-            .hub
-            .positions()
+        // Only the partitions the fan-out reads: a cursor naming others (a deleted topic, or a
+        // forged cursor) must not send the replay after them. Those it does not name appeared
+        // after it: all of them is new.
+        let known = service.hub.positions();
+        start.retain(|key, _| known.contains_key(key));
+        let missing: Vec<(Category, i32)> = known
             .keys()
             .filter(|key| !start.contains_key(key))
             .copied()
