@@ -74,6 +74,9 @@ pub struct StreamConfig {
     /// The most stored events one `since=<time>` replays from ClickHouse; beyond it the client
     /// gets `history_too_large` and is closed (ask `/v1/events` for long histories).
     pub max_history_events: u64,
+    /// The most Kafka records (all categories, before filtering) one resume may have to read
+    /// to catch up; beyond it the client gets `backlog_too_large` and is closed.
+    pub max_resume_records: u64,
     /// The fan-out consumer hands events on at least this often (ms) while they arrive.
     pub fanout_batch_max_wait_ms: u64,
     /// The fan-out consumer's `fetch.wait.max.ms` (see `[projector] fetch_wait_max_ms`).
@@ -93,6 +96,7 @@ impl Default for StreamConfig {
             max_message_bytes: 16 * 1024,
             max_concurrent_resumes: 16,
             max_history_events: 100_000,
+            max_resume_records: 5_000_000,
             fanout_batch_max_wait_ms: 5,
             fanout_fetch_wait_max_ms: 50,
         }
@@ -114,6 +118,7 @@ impl StreamConfig {
             ("max_message_bytes", self.max_message_bytes as u64),
             ("max_concurrent_resumes", self.max_concurrent_resumes as u64),
             ("max_history_events", self.max_history_events),
+            ("max_resume_records", self.max_resume_records),
             ("fanout_batch_max_wait_ms", self.fanout_batch_max_wait_ms),
         ] {
             if value == 0 {

@@ -218,7 +218,7 @@ pub async fn run(
             }
         })
     };
-    let app = server::router(state, health, metrics);
+    let app = server::router(state.clone(), health, metrics);
     let addr = settings.api.listen;
     let (local, task) = server::serve(addr, app, shutdown)
         .await
@@ -228,6 +228,14 @@ pub async fn run(
     }
     let served = task.await;
     pruner.abort();
+    // Open streams close themselves on the token (1001 and the closing handshake); the
+    // server does not wait for upgraded connections, so give them a moment.
+    if let Some(stream) = state.inner.stream.get() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while stream.open_streams() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     if let Some(fanout) = fanout {
         let _ = tokio::time::timeout(Duration::from_secs(10), fanout).await;
     }

@@ -153,7 +153,7 @@ async fn bad_client_messages_get_errors_naming_the_problem_and_the_stream_stays(
         ),
     ] {
         client.send(message).await;
-        let reply = client.next(Duration::from_secs(10)).await.unwrap();
+        let reply = client.reply(Duration::from_secs(10)).await.unwrap();
         assert_eq!(reply["type"], "error", "{message}: {reply}");
         assert_eq!(reply["code"], code, "{message}: {reply}");
         assert!(
@@ -161,7 +161,37 @@ async fn bad_client_messages_get_errors_naming_the_problem_and_the_stream_stays(
             "{message}: {reply}"
         );
     }
-    // Still open, under its first filter.
+    // A flood of messages is cut to a steady rate, each refusal saying so.
+    let same = format!(r#"{{"type":"filter","filter":{{"service":"{service}"}}}}"#);
+    for _ in 0..40 {
+        client.send(&same).await;
+    }
+    let mut limited = 0;
+    let mut acknowledged = 0;
+    while limited + acknowledged < 40 {
+        let reply = client.next(Duration::from_secs(10)).await.expect("a reply");
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            (Some("subscribed"), _) => acknowledged += 1,
+            (Some("heartbeat"), _) => {}
+            _ => panic!("{reply}"),
+        }
+    }
+    assert!(
+        limited > 0 && acknowledged >= 10,
+        "{limited} {acknowledged}"
+    );
+    assert_eq!(limited + acknowledged, 40);
+    // The budget refills.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client
+        .send(&format!(
+            r#"{{"type":"filter","filter":{{"service":"{service}"}}}}"#
+        ))
+        .await;
+    let reply = client.reply(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    // Still open, and filtering.
     let ledger = stack.ledger(&service).await;
     let event = ledger
         .system("x", Level::Info, "app", "after errors")
@@ -276,7 +306,7 @@ async fn a_cursor_the_broker_cannot_serve_gets_a_gap_message_then_the_stream() {
         &format!("service=gap&since={}", encode(&cursor)),
     )
     .await;
-    let gap = client.next(Duration::from_secs(30)).await.unwrap();
+    let gap = client.reply(Duration::from_secs(30)).await.unwrap();
     assert_eq!(gap["type"], "gap", "{gap}");
     let partition = &gap["partitions"][0];
     assert_eq!(partition["topic"], "ledgerline.system");

@@ -77,12 +77,17 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// The client emptied its queue: whatever lag it had is over.
-    pub fn caught_up(&self) {
+    /// The client emptied its queue: whatever lag it had is over. Returns the losses no
+    /// notice reported yet (their count and the cursor before the first), for the client to
+    /// report now rather than with the next event, which may be long in coming.
+    pub fn caught_up(&self) -> Option<(u64, Arc<str>)> {
         let mut drops = lock(&self.drops);
+        drops.since = None;
         if drops.pending == 0 {
-            drops.since = None;
+            return None;
         }
+        let dropped = std::mem::take(&mut drops.pending);
+        drops.cursor.take().map(|cursor| (dropped, cursor))
     }
 
     /// Whether events were dropped that no `lagged` notice has reported yet.
@@ -261,6 +266,8 @@ impl Hub {
                     cursor,
                 });
                 drops.pending = 0;
+                // The queue had room again: this stretch of losses is over.
+                drops.since = None;
             } else {
                 self.drop_one(subscriber, &mut drops, positions, before, now);
                 return;
@@ -398,5 +405,111 @@ impl Sink for FanoutSink {
             self.hub.publish(*key, events);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use crate::params::Params;
+    use ledgerline_schemas::samples;
+
+    const PARTITION: (Category, i32) = (Category::Job, 0);
+
+    fn hub(queue: usize, slow_after: Duration) -> Hub {
+        let hub = Hub::new(queue, slow_after);
+        hub.assigned(&[(PARTITION, 0)].into_iter().collect());
+        hub
+    }
+
+    fn everything() -> Arc<StreamFilter> {
+        let mut params = Params::parse(None).unwrap();
+        Arc::new(StreamFilter::from_params(&mut params, Role::Auditor).unwrap())
+    }
+
+    fn events(from: i64, count: i64) -> Vec<(i64, Event)> {
+        (from..from + count)
+            .map(|offset| (offset, samples::event(Category::Job, offset as u64)))
+            .collect()
+    }
+
+    fn offsets(rx: &mut mpsc::Receiver<Item>) -> Vec<i64> {
+        let mut seen = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            match item {
+                Item::Event(live) => seen.push(live.offset),
+                Item::Lagged { dropped, .. } => seen.push(-(dropped as i64)),
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_full_queue_drops_counts_and_reports_with_the_cursor_before_the_first_loss() {
+        let hub = hub(2, Duration::from_secs(60));
+        let (subscriber, mut rx, at) = hub.subscribe(everything());
+        assert_eq!(at.get(&PARTITION), Some(&0));
+        hub.publish(PARTITION, &events(0, 5));
+        assert_eq!(offsets(&mut rx), vec![0, 1]);
+        // Reported when the client has emptied its queue...
+        let (dropped, cursor) = subscriber.caught_up().unwrap();
+        assert_eq!(dropped, 3);
+        assert_eq!(
+            cursor::decode(&cursor).unwrap().positions.get(&PARTITION),
+            Some(&2),
+            "resuming from it recovers offset 2 onwards"
+        );
+        assert!(subscriber.caught_up().is_none());
+        // ...or before the next event.
+        hub.publish(PARTITION, &events(5, 4));
+        assert_eq!(offsets(&mut rx), vec![5, 6]);
+        hub.publish(PARTITION, &events(9, 1));
+        assert_eq!(offsets(&mut rx), vec![-2, 9]);
+        assert_eq!(hub.positions().get(&PARTITION), Some(&10));
+        assert!(!subscriber.kicked.is_cancelled());
+    }
+
+    #[test]
+    fn only_losses_that_last_get_a_client_kicked() {
+        let hub = hub(1, Duration::from_millis(100));
+        let (subscriber, mut rx, _) = hub.subscribe(everything());
+        hub.publish(PARTITION, &events(0, 3));
+        offsets(&mut rx);
+        let _ = subscriber.caught_up();
+        // A later burst starts a new stretch: not kicked at its first loss.
+        std::thread::sleep(Duration::from_millis(150));
+        hub.publish(PARTITION, &events(3, 3));
+        assert!(!subscriber.kicked.is_cancelled());
+        // Losing for longer than the limit is.
+        std::thread::sleep(Duration::from_millis(150));
+        hub.publish(PARTITION, &events(6, 1));
+        assert!(subscriber.kicked.is_cancelled());
+    }
+
+    #[test]
+    fn equal_filters_share_an_entry_and_changes_move_between_them() {
+        let hub = hub(8, Duration::from_secs(60));
+        let (first, mut first_rx, _) = hub.subscribe(everything());
+        let (_second, mut second_rx, _) = hub.subscribe(everything());
+        assert_eq!(lock(&hub.state).groups.len(), 1);
+        let mut params = Params::parse(Some("category=audit")).unwrap();
+        let audit = Arc::new(StreamFilter::from_params(&mut params, Role::Auditor).unwrap());
+        let at = hub.change(&first, &everything(), audit);
+        assert_eq!(at.get(&PARTITION), Some(&0));
+        hub.publish(PARTITION, &events(0, 2));
+        assert!(offsets(&mut first_rx).is_empty(), "job events do not pass");
+        assert_eq!(offsets(&mut second_rx), vec![0, 1]);
+        hub.unsubscribe(
+            &first,
+            &Arc::new(
+                StreamFilter::from_params(
+                    &mut Params::parse(Some("category=audit")).unwrap(),
+                    Role::Auditor,
+                )
+                .unwrap(),
+            ),
+        );
+        assert_eq!(lock(&hub.state).groups.len(), 1);
     }
 }

@@ -95,6 +95,8 @@ pub struct StreamService {
     shutdown: CancellationToken,
     /// Set when the fan-out consumer stopped on its own.
     failed: Mutex<Option<String>>,
+    /// Cancelled then too: open streams end (1011) so their clients reconnect elsewhere.
+    down: CancellationToken,
 }
 
 impl std::fmt::Debug for StreamService {
@@ -196,6 +198,7 @@ impl StreamService {
             connections: Mutex::new(Connections::default()),
             shutdown: shutdown.clone(),
             failed: Mutex::new(None),
+            down: CancellationToken::new(),
         });
         let task = {
             let service = Arc::clone(&service);
@@ -214,6 +217,7 @@ impl StreamService {
                         .failed
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                    service.down.cancel();
                 }
             })
         };
@@ -234,6 +238,14 @@ impl StreamService {
             return Err("the fan-out consumer has no partitions yet".to_owned());
         }
         self.status.check()
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .total
     }
 
     fn admit(self: &Arc<Self>, key_id: &str) -> Result<Slot, ApiError> {
@@ -324,9 +336,10 @@ async fn open(
             "the live stream is not enabled on this server ([api.stream] enabled = false)",
         ));
     };
-    let since = match params.one("since")? {
+    let since_text = params.one("since")?;
+    let since = match &since_text {
         None => Since::Live,
-        Some(text) => parse_since(&text)?,
+        Some(text) => parse_since(text)?,
     };
     let filter = StreamFilter::from_params(&mut params, caller.role)?;
     params.finish()?;
@@ -358,7 +371,7 @@ async fn open(
             .and_then(|value| value.to_str().ok())
             .map(|text| text.chars().take(256).collect()),
     };
-    session::record_audit_watch(&service, &client, &filter)
+    session::record_audit_watch(&service, &client, &filter, since_text.as_deref())
         .await
         .map_err(|message| {
             ApiError::new(
@@ -373,8 +386,9 @@ async fn open(
         // only small filter messages. Frames over four times the limit fail the connection
         // in the websocket layer; those between are answered with `message_too_large`.
         .read_buffer_size(4 * 1024)
+        // No cap on the write buffer (tungstenite fails a frame larger than the cap, and one
+        // event may be megabytes of JSON); the session bounds what it writes before a flush.
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(max.saturating_mul(4).max(64 * 1024))
         .max_frame_size(max.saturating_mul(4).max(64 * 1024))
         .on_upgrade(move |socket| async move {

@@ -96,7 +96,8 @@ pub async fn offsets_for_time(
 
 /// One resuming client's Kafka reader.
 pub struct Replay {
-    consumer: Arc<StreamConsumer>,
+    /// Taken when the replay ends, to be closed off the async workers.
+    consumer: Option<StreamConsumer>,
     codec: Arc<EventCodec>,
     max_event_bytes: usize,
     /// Next offset to read per partition: what has been read (or skipped) so far.
@@ -126,8 +127,8 @@ pub enum Read {
 
 impl Replay {
     /// A reader at `start`, after checking each position against what the broker holds:
-    /// positions below the oldest offset held, or above the newest, start at the oldest and
-    /// are reported as gaps.
+    /// positions below the oldest offset held start there, positions above the newest start at
+    /// the newest, and both are reported as gaps.
     pub async fn open(
         kafka: &KafkaConfig,
         metadata: &Arc<BaseConsumer>,
@@ -154,15 +155,17 @@ impl Replay {
                 });
                 *position = low;
             } else if asked > high {
+                // Not a loss this client can recover: its records are from elsewhere. Carry on
+                // from the end, like a new subscription, rather than replay the partition.
                 gaps.push(Gap {
                     topic: category.topic_name(),
                     partition,
                     from: asked,
-                    to: low,
+                    to: high,
                     missed: 0,
-                    reason: "the cursor is ahead of the broker (another cluster, or the topic was recreated)",
+                    reason: "the cursor is ahead of the broker (another cluster, or the topic was recreated); continuing from the end",
                 });
-                *position = low;
+                *position = high;
             }
         }
         let consumer: StreamConsumer = kafka
@@ -187,7 +190,7 @@ impl Replay {
         consumer.assign(&list)?;
         Ok((
             Self {
-                consumer: Arc::new(consumer),
+                consumer: Some(consumer),
                 codec,
                 max_event_bytes,
                 positions,
@@ -215,17 +218,23 @@ impl Replay {
     /// nothing came within `idle`.
     pub async fn next(&mut self, idle: Duration) -> Result<Read, ReplayError> {
         loop {
-            let message = match tokio::time::timeout(idle, self.consumer.recv()).await {
+            let Some(consumer) = &self.consumer else {
+                return Ok(Read::Idle);
+            };
+            let message = match tokio::time::timeout(idle, consumer.recv()).await {
                 Err(_) => {
                     self.catch_up_positions();
                     return Ok(Read::Idle);
                 }
                 Ok(Err(error)) => {
-                    tracing::debug!(%error, "stream replay: consumer error");
-                    if matches!(error, KafkaError::PartitionEOF(_)) {
-                        continue;
+                    // librdkafka reports and retries (a broker down, an offset reset when
+                    // retention removed what was being read); the caller gives up when no
+                    // progress comes for long.
+                    if !matches!(error, KafkaError::PartitionEOF(_)) {
+                        tracing::debug!(%error, "stream replay: consumer error");
+                        return Ok(Read::Idle);
                     }
-                    return Err(error.into());
+                    continue;
                 }
                 Ok(Ok(message)) => message,
             };
@@ -266,7 +275,10 @@ impl Replay {
     }
 
     fn catch_up_positions(&mut self) {
-        if let Ok(list) = self.consumer.position() {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        if let Ok(list) = consumer.position() {
             for element in list.elements() {
                 if let (Some(category), Offset::Offset(offset)) =
                     (Category::from_topic(element.topic()), element.offset())
@@ -282,9 +294,25 @@ impl Replay {
     }
 
     /// Closes the consumer off the async workers (closing blocks).
-    pub async fn close(self) {
-        let consumer = self.consumer;
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    pub async fn close(mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        }
+    }
+}
+
+/// However a replay ends (a stream cancelled mid-resume included), its consumer is closed off
+/// the async workers.
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn_blocking(move || drop(consumer));
+                }
+                Err(_) => drop(consumer),
+            }
+        }
     }
 }
 

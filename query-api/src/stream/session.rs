@@ -101,11 +101,18 @@ pub async fn run(
         client,
         filter: Arc::new(filter),
         subscription: None,
+        budget: Budget::new(),
     };
     let shutdown = service.shutdown.clone();
+    let down = service.down.clone();
     let end = tokio::select! {
         end = session.stream(since) => end,
         () = shutdown.cancelled() => End::close(close::GOING_AWAY, "shutting_down", "the server is shutting down"),
+        () = down.cancelled() => End::close(
+            close::INTERNAL,
+            "fanout_down",
+            "this server's fan-out consumer stopped; reconnect (to another replica) with since=<the last cursor>",
+        ),
     };
     session.finish(end).await;
     connected.decrement(1.0);
@@ -117,6 +124,40 @@ struct Session {
     client: Client,
     filter: Arc<StreamFilter>,
     subscription: Option<Subscription>,
+    budget: Budget,
+}
+
+/// Client messages allowed: a burst, then a steady rate. Each filter change takes the hub's
+/// lock and may publish an audit-trail event, so a client cannot send them without bound.
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Budget {
+    const BURST: f64 = 20.0;
+    const PER_SECOND: f64 = 5.0;
+
+    fn new() -> Self {
+        Self {
+            tokens: Self::BURST,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * Self::PER_SECOND;
+        self.tokens = (self.tokens + earned).min(Self::BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A registration with the hub, removed however the session ends.
@@ -231,7 +272,8 @@ impl Session {
                 ),
             )
         };
-        if history.after.is_none() {
+        // History cursors are checked too: one could be forged to skip the check.
+        {
             let count = service
                 .events
                 .count(&query)
@@ -363,6 +405,18 @@ impl Session {
         if !gaps.is_empty() {
             let cursor = cursor::encode_live(&replay.positions);
             self.send(messages::gap(&gaps, &cursor)).await?;
+        }
+        let backlog = replay.behind(&self.service.hub.positions());
+        let max = self.service.config.max_resume_records;
+        if backlog > i64::try_from(max).unwrap_or(i64::MAX) {
+            return Err(End::close(
+                close::HISTORY_TOO_LARGE,
+                "backlog_too_large",
+                format!(
+                    "{backlog} records were published since that position, more than a resume reads ({max}); \
+                     read them with /v1/events, or resume from a later time"
+                ),
+            ));
         }
         // Catch up with the fan-out without holding live events for it...
         for _ in 0..MAX_CHASE_ROUNDS {
@@ -502,8 +556,11 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            if let Err(end) = self.send(messages::error("bad_message", "binary messages are not understood; send JSON text")).await {
-                                return end;
+                            // Answered within the message budget; beyond it, ignored.
+                            if self.budget.take() {
+                                if let Err(end) = self.send(messages::error("bad_message", "binary messages are not understood; send JSON text")).await {
+                                    return end;
+                                }
                             }
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -515,8 +572,8 @@ impl Session {
                     if let Err(end) = self.send(messages::heartbeat(&cursor)).await {
                         return end;
                     }
-                    if self.socket.send(Message::Ping(axum::body::Bytes::new())).await.is_err() {
-                        return End::Gone;
+                    if let Err(end) = self.send_frame(Message::Ping(axum::body::Bytes::new())).await {
+                        return end;
                     }
                 }
                 () = tokio::time::sleep_until(last_heard + idle_after) => {
@@ -584,8 +641,14 @@ impl Session {
         }
         self.flush().await?;
         if joined.rx.is_empty() {
-            if let Some(subscription) = &self.subscription {
-                subscription.subscriber.caught_up();
+            let unreported = self
+                .subscription
+                .as_ref()
+                .and_then(|subscription| subscription.subscriber.caught_up());
+            if let Some((dropped, cursor)) = unreported {
+                self.feed_item(Item::Lagged { dropped, cursor }, joined)
+                    .await?;
+                self.flush().await?;
             }
         }
         Ok(())
@@ -610,11 +673,23 @@ impl Session {
                 if !joined.replayed.is_empty() && joined.replayed.contains(&live.event_id) {
                     return Ok(());
                 }
-                joined.cursor = Arc::clone(&live.cursor);
-                self.feed(live.message.clone()).await
+                match seam_cursor(joined, &live.cursor) {
+                    // The resume read some partitions past the fan-out: the shared cursor
+                    // would send the client back over what it has.
+                    Some(merged) => {
+                        let message = with_cursor(&live.message, &live.cursor, &merged);
+                        joined.cursor = Arc::from(merged);
+                        self.feed(message).await
+                    }
+                    None => {
+                        joined.cursor = Arc::clone(&live.cursor);
+                        self.feed(live.message.clone()).await
+                    }
+                }
             }
             Item::Lagged { dropped, cursor } => {
                 metrics::counter!("ledgerline_stream_lagged_total").increment(1);
+                let cursor = seam_cursor(joined, &cursor).map_or(cursor, Arc::from);
                 self.feed(messages::lagged(dropped, &cursor)).await
             }
         }
@@ -637,6 +712,20 @@ impl Session {
                     text.len()
                 ),
             ));
+        }
+        if !self.budget.take() {
+            metrics::counter!("ledgerline_stream_refused_total", "reason" => "message_rate")
+                .increment(1);
+            return self
+                .send(messages::error(
+                    "rate_limited",
+                    &format!(
+                        "more than {} messages per second (bursts of {}); this one was ignored",
+                        Budget::PER_SECOND,
+                        Budget::BURST
+                    ),
+                ))
+                .await;
         }
         let message: serde_json::Value = match serde_json::from_str(text.as_str()) {
             Ok(message) => message,
@@ -677,7 +766,7 @@ impl Session {
             }
         };
         // Recorded before it applies, like every audit read.
-        if let Err(error) = record_audit_watch(&self.service, &self.client, &filter).await {
+        if let Err(error) = record_audit_watch(&self.service, &self.client, &filter, None).await {
             return self
                 .send(messages::error("audit_trail_unavailable", &error))
                 .await;
@@ -725,29 +814,50 @@ impl Session {
         for item in before {
             self.feed_item(item, joined).await?;
         }
+        // Past a resume's seam, what the resume sent counts as handled under the old filter.
+        let mut at = at;
+        if let Some(sent) = &joined.sent_up_to {
+            merge_max(&mut at, sent);
+        }
         let cursor = cursor::encode_live(&at);
         self.send(messages::subscribed(&self.filter.given, &cursor))
             .await
     }
 
+    /// How long one write may wait for the client's socket: a client that takes nothing
+    /// that long is as slow as one that keeps losing events.
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.service.config.slow_client_timeout_secs)
+    }
+
     async fn feed(&mut self, message: Utf8Bytes) -> Result<(), End> {
         metrics::counter!("ledgerline_stream_messages_sent_total").increment(1);
-        self.socket
-            .feed(Message::Text(message))
-            .await
-            .map_err(|_| End::Gone)
+        let limit = self.write_timeout();
+        match tokio::time::timeout(limit, self.socket.feed(Message::Text(message))).await {
+            Ok(result) => result.map_err(|_| End::Gone),
+            Err(_) => Err(too_slow(limit)),
+        }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        self.socket.flush().await.map_err(|_| End::Gone)
+        let limit = self.write_timeout();
+        match tokio::time::timeout(limit, self.socket.flush()).await {
+            Ok(result) => result.map_err(|_| End::Gone),
+            Err(_) => Err(too_slow(limit)),
+        }
     }
 
     async fn send(&mut self, message: Utf8Bytes) -> Result<(), End> {
         metrics::counter!("ledgerline_stream_messages_sent_total").increment(1);
-        self.socket
-            .send(Message::Text(message))
-            .await
-            .map_err(|_| End::Gone)
+        self.send_frame(Message::Text(message)).await
+    }
+
+    async fn send_frame(&mut self, frame: Message) -> Result<(), End> {
+        let limit = self.write_timeout();
+        match tokio::time::timeout(limit, self.socket.send(frame)).await {
+            Ok(result) => result.map_err(|_| End::Gone),
+            Err(_) => Err(too_slow(limit)),
+        }
     }
 
     async fn finish(mut self, end: End) {
@@ -815,7 +925,10 @@ async fn handover_positions(service: &StreamService, since_us: i64) -> Result<Po
     let from_time = replay::offsets_for_time(
         &service.metadata,
         partitions,
-        since_us.div_euclid(1_000).saturating_sub(PUBLISH_MARGIN_MS),
+        since_us
+            .div_euclid(1_000)
+            .saturating_sub(PUBLISH_MARGIN_MS)
+            .max(0),
     )
     .await
     .map_err(|error| {
@@ -836,6 +949,36 @@ async fn handover_positions(service: &StreamService, since_us: i64) -> Result<Po
     Ok(positions)
 }
 
+/// The per-partition maximum of both.
+fn merge_max(into: &mut Positions, other: &Positions) {
+    for (key, offset) in other {
+        let at = into.entry(*key).or_insert(*offset);
+        *at = (*at).max(*offset);
+    }
+}
+
+/// While a resume's seam is open: `cursor` raised to what the resume sent, when that moves it.
+fn seam_cursor(joined: &Joined, cursor: &str) -> Option<String> {
+    let sent = joined.sent_up_to.as_ref()?;
+    let mut positions = cursor::decode(cursor).ok()?.positions;
+    let before = positions.clone();
+    merge_max(&mut positions, sent);
+    (positions != before).then(|| cursor::encode_live(&positions))
+}
+
+/// `message` (an `event` message built by [`messages::event`]) with `cursor` in place of `old`.
+fn with_cursor(message: &Utf8Bytes, old: &str, cursor: &str) -> Utf8Bytes {
+    let text = message.as_str();
+    let prefix = "{\"type\":\"event\",\"cursor\":\"";
+    match text
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(old))
+    {
+        Some(rest) => Utf8Bytes::from(format!("{prefix}{cursor}{rest}")),
+        None => message.clone(),
+    }
+}
+
 fn too_slow(after: Duration) -> End {
     End::close(
         close::TOO_SLOW,
@@ -853,6 +996,7 @@ pub async fn record_audit_watch(
     service: &StreamService,
     client: &Client,
     filter: &StreamFilter,
+    since: Option<&str>,
 ) -> Result<(), String> {
     if !client.role.can_review_audit() || !filter.may_deliver_audit() {
         return Ok(());
@@ -863,7 +1007,10 @@ pub async fn record_audit_watch(
         ip: client.ip.clone(),
         user_agent: client.user_agent.clone(),
         route: "/v1/stream".to_owned(),
-        filter: serde_json::json!(filter.given),
+        filter: match since {
+            Some(since) => serde_json::json!({"filter": filter.given, "since": since}),
+            None => serde_json::json!({ "filter": filter.given }),
+        },
         rows: 0,
         denied: false,
     };

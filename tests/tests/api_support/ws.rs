@@ -125,6 +125,16 @@ impl StreamClient {
         }
     }
 
+    /// [`Self::next`], skipping heartbeats.
+    pub async fn reply(&mut self, timeout: Duration) -> Option<Value> {
+        loop {
+            let message = self.next(timeout).await?;
+            if message["type"] != "heartbeat" {
+                return Some(message);
+            }
+        }
+    }
+
     /// Waits for `subscribed`, failing on anything else but heartbeats.
     pub async fn subscribed(&mut self) -> Value {
         loop {
