@@ -115,11 +115,21 @@ async fn bad_keys_filters_and_since_are_refused_before_the_upgrade() {
     let (status, body) = stack.get(Some(analyst), "/v1/stream").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "not_a_websocket");
-    // A browser's key in the URL works.
-    let mut client = connect(&stack.api, None, &format!("key={analyst}"))
-        .await
-        .unwrap();
+    // A browser's key in the URL works (once the fan-out has its partitions).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut client = loop {
+        match connect(&stack.api, None, &format!("key={analyst}")).await {
+            Ok(client) => break client,
+            Err((503, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(refusal) => panic!("{refusal:?}"),
+        }
+    };
     assert_eq!(client.subscribed().await["type"], "subscribed");
+    // /health reports the fan-out consumer.
+    let (_, health) = stack.get(None, "/health").await;
+    assert_eq!(health["components"]["fanout"]["status"], "ok", "{health}");
     still_serves().await;
 }
 
