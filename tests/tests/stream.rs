@@ -611,3 +611,42 @@ async fn a_python_websockets_client_tails_job_progress_with_a_query_key() {
     );
     assert_eq!(progress, vec![0, 40, 80, 100]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_skipped_live_and_on_resume() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let stack = stack();
+    let service = names::unique("stream-bad");
+    let query = format!("service={service}");
+    let key = stack.analyst(6);
+    let mut client = subscribe(&stack.api, key, &query).await;
+    let ledger = stack.ledger(&service).await;
+    let raw: FutureProducer = stack
+        .broker
+        .lock()
+        .unwrap()
+        .producer_config()
+        .create()
+        .unwrap();
+    let before = publish_system(&ledger, 3).await;
+    assert_receives_exactly(&mut client, &ids(&before)).await;
+    let cursor = client.cursor.clone().expect("a cursor");
+    // Garbage on every partition of the topic, between valid events.
+    for partition in 0..3 {
+        for payload in [&b"not avro"[..], &[0, 0, 0, 0, 99, 1, 2][..]] {
+            raw.send(
+                FutureRecord::<(), [u8]>::to("ledgerline.system")
+                    .partition(partition)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let after = publish_system(&ledger, 6).await;
+    assert_receives_exactly(&mut client, &ids(&after)).await;
+    // A resume over the same records skips them too.
+    let mut resumed = connect_ready(&stack.api, key, &format!("{query}&since={cursor}")).await;
+    assert_receives_exactly(&mut resumed, &ids(&after)).await;
+}

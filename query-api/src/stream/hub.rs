@@ -204,13 +204,18 @@ impl Hub {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Offers one partition's events, in offset order, to every subscription.
-    fn publish(&self, partition: (Category, i32), events: &[(i64, Event)]) {
+    /// Offers one partition's events, in offset order, to every subscription; `None` is a
+    /// record that holds no valid event, which only moves the position on.
+    fn publish(&self, partition: (Category, i32), events: &[(i64, Option<Event>)]) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let mut matched: Vec<Arc<Subscriber>> = Vec::new();
         for (offset, event) in events {
             let offset = *offset;
+            let Some(event) = event else {
+                state.positions.insert(partition, offset + 1);
+                continue;
+            };
             matched.clear();
             for (filter, subscribers) in &state.groups {
                 if filter.matches(event) {
@@ -343,14 +348,17 @@ impl FanoutSink {
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Prepared = ((Category, i32), Vec<(i64, Event)>);
+type Prepared = ((Category, i32), Vec<(i64, Option<Event>)>);
 
+/// Bad records come too (the fan-out runs with [`runtime::BadRecords::Deliver`]; the runtime
+/// counts them by reason) and are skipped here, after moving the position past them: the
+/// hub's positions are then exactly where a resume reading the same partitions stands.
 fn prepare(partition: &TopicPartition, records: Vec<Record>) -> Prepared {
-    // The fan-out reads only category topics; the runtime skips bad records before here.
+    // The fan-out reads only category topics.
     let category = Category::from_topic(&partition.topic).unwrap_or(Category::System);
     let events = records
         .into_iter()
-        .filter_map(|record| record.event.ok().map(|event| (record.offset, event)))
+        .map(|record| (record.offset, record.event.ok()))
         .collect();
     ((category, partition.partition), events)
 }
@@ -428,9 +436,9 @@ mod tests {
         Arc::new(StreamFilter::from_params(&mut params, Role::Auditor).unwrap())
     }
 
-    fn events(from: i64, count: i64) -> Vec<(i64, Event)> {
+    fn events(from: i64, count: i64) -> Vec<(i64, Option<Event>)> {
         (from..from + count)
-            .map(|offset| (offset, samples::event(Category::Job, offset as u64)))
+            .map(|offset| (offset, Some(samples::event(Category::Job, offset as u64))))
             .collect()
     }
 

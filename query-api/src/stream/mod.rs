@@ -4,8 +4,8 @@
 //! # Guarantees
 //! - **Every replica serves every client.** Each API process runs one fan-out consumer
 //!   ([`hub::FanoutSink`] on the consumer runtime's broadcast mode: no group, no commits,
-//!   every partition of the five event topics from the newest offset, bad records counted and
-//!   skipped). Events are decoded once and each becomes one shared message.
+//!   every partition of the five event topics from the newest offset, bad records counted
+//!   (`ledgerline_consumer_rejected_total{consumer="fanout"}`) and skipped). Events are decoded once and each becomes one shared message.
 //! - **Roles.** Audit events reach auditors only, whatever the filter; session events (live
 //!   only, never stored) reach every role. An auditor's filter that lets audit events through
 //!   is recorded in the audit trail (`audit.archive.read`, route `/v1/stream`) before it
@@ -58,7 +58,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use ledgerline_consumers::projector::queries::EventReader;
 use ledgerline_consumers::runtime::{
-    self, ConsumerSettings, ConsumerStatus, RuntimeConfig, StartAt,
+    self, BadRecords, ConsumerSettings, ConsumerStatus, RuntimeConfig, StartAt,
 };
 use ledgerline_schemas::{Category, EventCodec};
 use ledgerline_service::kafka::KafkaConfig;
@@ -175,7 +175,11 @@ impl StreamService {
             .iter()
             .map(|category| category.topic_name().to_owned())
             .collect();
-        let runtime_config = RuntimeConfig::broadcast(FANOUT, topics, StartAt::Latest, &settings);
+        let runtime_config = RuntimeConfig {
+            // Bad records reach the sink, which skips them: it must see their offsets.
+            bad_records: BadRecords::Deliver,
+            ..RuntimeConfig::broadcast(FANOUT, topics, StartAt::Latest, &settings)
+        };
         // librdkafka prefetches up to 64 MiB by default; the fan-out keeps up with the head, so
         // 16 MiB is plenty and keeps the API small. An operator's own setting wins.
         let mut fanout_kafka = kafka.clone();

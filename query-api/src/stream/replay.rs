@@ -199,18 +199,20 @@ impl Replay {
         ))
     }
 
-    /// Whether every partition of `target` has been read up to its position.
+    /// Whether every partition of `target` this replay reads has been read up to its
+    /// position. A partition the fan-out found after the replay started is not waited for
+    /// (its records before the join are not replayed).
     pub fn reached(&self, target: &Positions) -> bool {
         target
             .iter()
-            .all(|(key, offset)| self.positions.get(key).is_some_and(|at| at >= offset))
+            .all(|(key, offset)| self.positions.get(key).is_none_or(|at| at >= offset))
     }
 
     /// Records left between the positions read and `target`.
     pub fn behind(&self, target: &Positions) -> i64 {
         target
             .iter()
-            .map(|(key, offset)| (offset - self.positions.get(key).copied().unwrap_or(0)).max(0))
+            .filter_map(|(key, offset)| self.positions.get(key).map(|at| (offset - at).max(0)))
             .sum()
     }
 
