@@ -51,7 +51,7 @@ pub struct Inner {
     pub limits: LimitsConfig,
     limiter: DefaultKeyedRateLimiter<String>,
     /// Requests in progress per key id.
-    in_flight: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    in_flight: std::sync::Mutex<KeyCounts>,
     /// Verify and export read the whole range asked for, outside the per-query row cap; one
     /// runs at a time.
     heavy: Arc<tokio::sync::Semaphore>,
@@ -96,7 +96,7 @@ impl AppState {
                 trail,
                 limits,
                 limiter,
-                in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
+                in_flight: std::sync::Mutex::new(KeyCounts::default()),
                 heavy: Arc::new(tokio::sync::Semaphore::new(1)),
                 stream: std::sync::OnceLock::new(),
             }),
@@ -134,8 +134,7 @@ impl AppState {
             .in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = in_flight.entry(caller.key_id.clone()).or_insert(0);
-        if *count >= max {
+        if !in_flight.try_add(&caller.key_id, max as usize) {
             metrics::counter!("ledgerline_api_rate_limited_total").increment(1);
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -147,7 +146,6 @@ impl AppState {
             )
             .with_retry_after(1));
         }
-        *count += 1;
         Ok(InFlight {
             state: self.clone(),
             key_id: caller.key_id.clone(),
@@ -188,16 +186,37 @@ impl std::fmt::Debug for InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut in_flight = self
-            .state
+        self.state
             .inner
             .in_flight
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = in_flight.get_mut(&self.key_id) {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key_id);
+    }
+}
+
+/// Counts per key id, an entry dropped when it reaches zero: requests in progress, open
+/// streams.
+#[derive(Debug, Default)]
+pub(crate) struct KeyCounts(std::collections::HashMap<String, usize>);
+
+impl KeyCounts {
+    /// Counts one more for `key`, unless it already has `max`.
+    pub(crate) fn try_add(&mut self, key: &str, max: usize) -> bool {
+        let count = self.0.entry(key.to_owned()).or_insert(0);
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Counts one less for `key`.
+    pub(crate) fn remove(&mut self, key: &str) {
+        if let Some(count) = self.0.get_mut(key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                in_flight.remove(&self.key_id);
+                self.0.remove(key);
             }
         }
     }

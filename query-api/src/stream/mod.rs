@@ -47,7 +47,6 @@ pub mod messages;
 pub mod replay;
 pub mod session;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,7 +70,7 @@ use crate::auth::bearer_token;
 use crate::config::StreamConfig;
 use crate::error::ApiError;
 use crate::params::{self, Params};
-use crate::state::AppState;
+use crate::state::{AppState, KeyCounts};
 use filter::StreamFilter;
 use hub::{FanoutSink, Hub};
 use session::{Client, Since};
@@ -110,7 +109,7 @@ impl std::fmt::Debug for StreamService {
 #[derive(Debug, Default)]
 struct Connections {
     total: usize,
-    per_key: HashMap<String, usize>,
+    per_key: KeyCounts,
 }
 
 /// One counted connection; dropping it frees the place.
@@ -127,12 +126,7 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         connections.total = connections.total.saturating_sub(1);
-        if let Some(count) = connections.per_key.get_mut(&self.key_id) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                connections.per_key.remove(&self.key_id);
-            }
-        }
+        connections.per_key.remove(&self.key_id);
     }
 }
 
@@ -273,14 +267,15 @@ impl StreamService {
                 self.config.max_connections
             )));
         }
-        let count = connections.per_key.entry(key_id.to_owned()).or_insert(0);
-        if *count >= self.config.max_connections_per_key {
+        if !connections
+            .per_key
+            .try_add(key_id, self.config.max_connections_per_key)
+        {
             return Err(refuse(format!(
                 "key `{key_id}` has its limit of {} open streams",
                 self.config.max_connections_per_key
             )));
         }
-        *count += 1;
         connections.total += 1;
         Ok(Slot {
             service: Arc::clone(self),

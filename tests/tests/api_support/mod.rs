@@ -49,6 +49,8 @@ pub struct ApiStack {
     pub public_key_hex: String,
     /// What the API was started with, for replicas.
     pub settings: ApiSettings,
+    /// The API itself.
+    primary: Replica,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -60,6 +62,46 @@ pub struct Replica {
     pub api: String,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Replica {
+    /// Runs `ledgerline-api` with `settings` on a runtime thread of its own, so that it
+    /// outlives any one test's runtime; returns once it listens.
+    pub fn start(settings: ApiSettings) -> Replica {
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                // The process's recorder, shared with the consumers as in the binaries.
+                let metrics = ledgerline_service::telemetry::prometheus().unwrap();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(ledgerline_query_api::run(
+                    settings,
+                    metrics,
+                    token.clone(),
+                    Some(tx),
+                ));
+                let address = rx.await.unwrap();
+                started_tx.send(address).unwrap();
+                token.cancelled().await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            });
+        });
+        let address = started_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the API did not start");
+        Replica {
+            api: format!("http://{address}"),
+            shutdown,
+            thread: Some(thread),
+        }
+    }
 }
 
 impl Drop for Replica {
@@ -242,36 +284,27 @@ impl ApiStack {
                     .unwrap();
                 let projector_task = tokio::spawn(projector::run(projector, token.clone()));
                 let archive_task = tokio::spawn(archive::run(archive, token.clone()));
-                // The process's recorder, shared with the consumers as in the binaries.
-                let metrics = ledgerline_service::telemetry::prometheus().unwrap();
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let api_task = tokio::spawn(ledgerline_query_api::run(
-                    api,
-                    metrics,
-                    token.clone(),
-                    Some(tx),
-                ));
-                let address = rx.await.unwrap();
-                started_tx.send(address).unwrap();
+                started_tx.send(()).unwrap();
                 token.cancelled().await;
                 let _ = tokio::time::timeout(Duration::from_secs(10), async {
                     let _ = projector_task.await;
                     let _ = archive_task.await;
-                    let _ = api_task.await;
                 })
                 .await;
             });
         });
-        let address = started_rx
+        started_rx
             .recv_timeout(Duration::from_secs(120))
-            .expect("the API did not start");
+            .expect("the topics were not created");
+        let primary = Replica::start(api);
         let stack = ApiStack {
             clickhouse_url: clickhouse.url(),
             clickhouse_password: clickhouse.password().to_owned(),
             broker: Mutex::new(broker),
             registry,
             clickhouse: Mutex::new(clickhouse),
-            api: format!("http://{address}"),
+            api: primary.api.clone(),
+            primary,
             keys: Keys {
                 analyst,
                 auditor,
@@ -295,38 +328,7 @@ impl ApiStack {
         )
         .parse()
         .unwrap();
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let metrics = ledgerline_service::telemetry::prometheus().unwrap();
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let task = tokio::spawn(ledgerline_query_api::run(
-                    settings,
-                    metrics,
-                    token.clone(),
-                    Some(tx),
-                ));
-                let address = rx.await.unwrap();
-                started_tx.send(address).unwrap();
-                token.cancelled().await;
-                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-            });
-        });
-        let address = started_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the replica did not start");
-        Replica {
-            api: format!("http://{address}"),
-            shutdown,
-            thread: Some(thread),
-        }
+        Replica::start(settings)
     }
 
     pub fn analyst(&self, index: usize) -> &str {
