@@ -74,6 +74,10 @@ pub struct Subscriber {
     drops: Mutex<Drops>,
     /// Cancelled when the hub gives up on the client (too slow for too long).
     pub kicked: CancellationToken,
+    /// When the session started the write under way, milliseconds since the hub's start;
+    /// 0 while none is. [`Hub::sweep`] kicks a client whose socket takes nothing for too
+    /// long: one timer for all clients rather than one per write.
+    writing_since: AtomicU64,
 }
 
 impl Subscriber {
@@ -88,6 +92,12 @@ impl Subscriber {
         }
         let dropped = std::mem::take(&mut drops.pending);
         drops.cursor.take().map(|cursor| (dropped, cursor))
+    }
+
+    /// A write to the client's socket starts (`true`) or ended (`false`).
+    pub fn writing(&self, hub: &Hub, started: bool) {
+        let at = if started { hub.now_ms().max(1) } else { 0 };
+        self.writing_since.store(at, Ordering::Relaxed);
     }
 
     /// Whether events were dropped that no `lagged` notice has reported yet.
@@ -119,6 +129,7 @@ pub struct Hub {
     queue_events: usize,
     slow_after: Duration,
     next_id: AtomicU64,
+    started: Instant,
     offered: metrics::Counter,
     dropped: metrics::Counter,
 }
@@ -132,6 +143,7 @@ impl Hub {
             queue_events,
             slow_after,
             next_id: AtomicU64::new(1),
+            started: Instant::now(),
             offered: metrics::counter!("ledgerline_stream_fanout_events_total"),
             dropped: metrics::counter!("ledgerline_stream_dropped_total", "reason" => "queue_full"),
         }
@@ -151,6 +163,24 @@ impl Hub {
         Arc::clone(&lock(&self.current))
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Kicks every client whose socket has taken nothing for the slow-client limit (its
+    /// session's write has waited that long); called every second by the stream service.
+    pub fn sweep(&self) {
+        let now = self.now_ms();
+        let limit = u64::try_from(self.slow_after.as_millis()).unwrap_or(u64::MAX);
+        let state = lock(&self.state);
+        for subscriber in state.groups.values().flatten() {
+            let since = subscriber.writing_since.load(Ordering::Relaxed);
+            if since != 0 && now.saturating_sub(since) >= limit {
+                subscriber.kicked.cancel();
+            }
+        }
+    }
+
     /// Registers a subscription: its queue, and the positions its first live event comes after.
     pub fn subscribe(
         &self,
@@ -161,6 +191,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
             drops: Mutex::new(Drops::default()),
+            writing_since: AtomicU64::new(0),
             kicked: CancellationToken::new(),
         });
         let mut state = lock(&self.state);
@@ -493,6 +524,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(150));
         hub.publish(PARTITION, &events(6, 1));
         assert!(subscriber.kicked.is_cancelled());
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_for_too_long_gets_its_client_kicked() {
+        let hub = hub(8, Duration::from_millis(100));
+        let (stuck, _stuck_rx, _) = hub.subscribe(everything());
+        let (fine, _fine_rx, _) = hub.subscribe(everything());
+        stuck.writing(&hub, true);
+        fine.writing(&hub, true);
+        std::thread::sleep(Duration::from_millis(50));
+        fine.writing(&hub, false);
+        hub.sweep();
+        assert!(!stuck.kicked.is_cancelled());
+        std::thread::sleep(Duration::from_millis(100));
+        hub.sweep();
+        assert!(stuck.kicked.is_cancelled());
+        assert!(!fine.kicked.is_cancelled());
     }
 
     #[test]

@@ -198,6 +198,20 @@ impl StreamService {
             failed: Mutex::new(None),
             down: CancellationToken::new(),
         });
+        // One timer for every client's writes (see `Hub::sweep`).
+        {
+            let hub = Arc::clone(&hub);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = tick.tick() => hub.sweep(),
+                    }
+                }
+            });
+        }
         let task = {
             let service = Arc::clone(&service);
             tokio::spawn(async move {
