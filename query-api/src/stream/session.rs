@@ -514,7 +514,10 @@ impl Session {
             heartbeat_every,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_heard = tokio::time::Instant::now();
+        // One timer for the idle limit, moved when the client is heard from (rather than one
+        // made on every turn of the loop).
+        let idle = tokio::time::sleep(idle_after);
+        tokio::pin!(idle);
         // Items taken from the queue that are still to be sent (see `change_filter`).
         let mut held: VecDeque<Item> = VecDeque::new();
         let Some(kicked) = self
@@ -558,7 +561,7 @@ impl Session {
                     }
                 }
                 frame = self.socket.recv() => {
-                    last_heard = tokio::time::Instant::now();
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
                     match frame {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Gone,
                         Some(Ok(Message::Text(text))) => {
@@ -589,7 +592,7 @@ impl Session {
                         return end;
                     }
                 }
-                () = tokio::time::sleep_until(last_heard + idle_after) => {
+                () = &mut idle => {
                     return End::close(
                         close::IDLE,
                         "idle_timeout",
