@@ -62,16 +62,9 @@ impl Params {
         Ok(Self { values })
     }
 
-    /// The values of `names` that were given, left in place: for echoing a filter back.
-    pub fn snapshot(&self, names: &[&str]) -> BTreeMap<String, Vec<String>> {
-        names
-            .iter()
-            .filter_map(|name| {
-                self.values
-                    .get(*name)
-                    .map(|values| ((*name).to_owned(), values.clone()))
-            })
-            .collect()
+    /// The parameters not read yet, left in place: for echoing a filter back.
+    pub fn snapshot(&self) -> BTreeMap<String, Vec<String>> {
+        self.values.clone()
     }
 
     /// A single-valued parameter.

@@ -26,26 +26,6 @@ pub struct StreamFilter {
     pub given: BTreeMap<String, Vec<String>>,
 }
 
-/// The parameters a subscription takes (the `/v1/events` filters without the range).
-pub const FILTER_PARAMETERS: &[&str] = &[
-    "category",
-    "service",
-    "host",
-    "level",
-    "name",
-    "job_id",
-    "device_id",
-    "user_id",
-    "request_id",
-    "trace_id",
-    "actor",
-    "action",
-    "target",
-    "outcome",
-    "text",
-    "q",
-];
-
 /// Audit events reach auditors only; session events (live-only, never stored) every role.
 pub fn hidden_for(role: Role) -> Vec<Category> {
     if role.can_review_audit() {
@@ -59,7 +39,9 @@ impl StreamFilter {
     /// The filter in `params` (the stream's query string, after its own parameters were
     /// taken); unknown parameters are refused by the caller's [`Params::finish`].
     pub fn from_params(params: &mut Params, role: Role) -> ApiResult<Self> {
-        let given = params.snapshot(FILTER_PARAMETERS);
+        // Everything left is a filter: the stream's own parameters are taken before, and
+        // anything unknown is refused by the caller's `finish`.
+        let given = params.snapshot();
         let (min_level, conditions) = params::filters(params)?;
         Ok(Self {
             min_level,

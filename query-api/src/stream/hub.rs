@@ -26,7 +26,7 @@ use ledgerline_consumers::runtime::{
     self, PartitionBatch, Record, Sink, SinkError, TopicPartition,
 };
 use ledgerline_schemas::{Category, Event};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -377,8 +377,6 @@ impl FanoutSink {
     }
 }
 
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
-
 type Prepared = ((Category, i32), Vec<(i64, Option<Event>)>);
 
 /// Bad records come too (the fan-out runs with [`runtime::BadRecords::Deliver`]; the runtime
@@ -409,29 +407,24 @@ impl Sink for FanoutSink {
         &mut self,
         partitions: &[TopicPartition],
     ) -> Result<runtime::Positions, SinkError> {
-        let metadata = Arc::clone(&self.metadata);
-        let wanted = partitions.to_vec();
+        // The fan-out reads only the category topics.
+        let wanted: Vec<(Category, i32)> = partitions
+            .iter()
+            .filter_map(|p| Category::from_topic(&p.topic).map(|c| (c, p.partition)))
+            .collect();
         let latest = !self.started;
-        let found = tokio::task::spawn_blocking(move || {
-            wanted
-                .into_iter()
-                .map(|partition| {
-                    metadata
-                        .fetch_watermarks(&partition.topic, partition.partition, WATERMARK_TIMEOUT)
-                        .map(|(low, high)| (partition, if latest { high } else { low }))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|error| SinkError::new("watermarks", true, &error))?
-        .map_err(|error| SinkError::new("watermarks", true, &error))?;
+        let found = super::replay::watermarks(&self.metadata, wanted)
+            .await
+            .map_err(|error| SinkError::new("watermarks", true, &error))?;
         let mut positions = runtime::Positions::new();
         let mut hub_positions = Positions::new();
-        for (partition, offset) in found {
-            if let Some(category) = Category::from_topic(&partition.topic) {
-                hub_positions.insert((category, partition.partition), offset);
-            }
-            positions.insert(partition, offset);
+        for ((category, partition), (low, high)) in found {
+            let offset = if latest { high } else { low };
+            hub_positions.insert((category, partition), offset);
+            positions.insert(
+                TopicPartition::new(category.topic_name(), partition),
+                offset,
+            );
         }
         self.hub.assigned(&hub_positions);
         self.started = true;

@@ -71,6 +71,30 @@ impl End {
             message: message.into(),
         }
     }
+
+    /// ClickHouse failed a history replay.
+    fn history_unavailable(error: &dyn std::error::Error) -> Self {
+        End::close(
+            close::INTERNAL,
+            "history_unavailable",
+            format!(
+                "stored events cannot be read: {}",
+                ledgerline_service::errors::error_chain(error)
+            ),
+        )
+    }
+
+    /// The broker failed a resume; `doing` says at what.
+    fn kafka_unavailable(doing: &str, error: &dyn std::error::Error) -> Self {
+        End::close(
+            close::INTERNAL,
+            "kafka_unavailable",
+            format!(
+                "{doing}: {}",
+                ledgerline_service::errors::error_chain(error)
+            ),
+        )
+    }
 }
 
 /// Resumes wait at most this long for records that should be there before giving up.
@@ -262,23 +286,13 @@ impl Session {
             conditions: self.filter.conditions.clone(),
             hidden: self.filter.hidden.clone(),
         };
-        let unavailable = |error: &dyn std::error::Error| {
-            End::close(
-                close::INTERNAL,
-                "history_unavailable",
-                format!(
-                    "stored events cannot be read: {}",
-                    ledgerline_service::errors::error_chain(error)
-                ),
-            )
-        };
         // History cursors are checked too: one could be forged to skip the check.
         {
             let count = service
                 .events
                 .count(&query)
                 .await
-                .map_err(|error| unavailable(&error))?;
+                .map_err(|error| End::history_unavailable(&error))?;
             let max = service.config.max_history_events;
             if count > max {
                 return Err(End::close(
@@ -309,7 +323,7 @@ impl Session {
                 .events
                 .replay(&query, &bounds, after.as_ref(), HISTORY_PAGE)
                 .await
-                .map_err(|error| unavailable(&error))?;
+                .map_err(|error| End::history_unavailable(&error))?;
             let full = page.len() as u64 == HISTORY_PAGE;
             for event in &page {
                 let envelope = event.envelope();
@@ -351,16 +365,6 @@ impl Session {
     ) -> Result<Joined, End> {
         let service = Arc::clone(&self.service);
         let _permit = service.resumes.acquire().await;
-        let kafka_unavailable = |error: &dyn std::error::Error| {
-            End::close(
-                close::INTERNAL,
-                "kafka_unavailable",
-                format!(
-                    "the backlog cannot be read from the broker: {}",
-                    ledgerline_service::errors::error_chain(error)
-                ),
-            )
-        };
         // Only the partitions the fan-out reads: a cursor naming others (a deleted topic, or a
         // forged cursor) must not send the replay after them. Those it does not name appeared
         // after it: all of them is new.
@@ -374,7 +378,9 @@ impl Session {
         if !missing.is_empty() {
             let marks = replay::watermarks(&service.metadata, missing)
                 .await
-                .map_err(|error| kafka_unavailable(&error))?;
+                .map_err(|error| {
+                    End::kafka_unavailable("the backlog cannot be read from the broker", &error)
+                })?;
             for (key, (low, _)) in marks {
                 start.insert(key, low);
             }
@@ -387,7 +393,9 @@ impl Session {
             start,
         )
         .await
-        .map_err(|error| kafka_unavailable(&error))?;
+        .map_err(|error| {
+            End::kafka_unavailable("the backlog cannot be read from the broker", &error)
+        })?;
         let result = self
             .replay_and_join(&mut replay, gaps, floor_us, replayed)
             .await;
@@ -457,11 +465,7 @@ impl Session {
                 .next(Duration::from_millis(250))
                 .await
                 .map_err(|error| {
-                    End::close(
-                        close::INTERNAL,
-                        "kafka_unavailable",
-                        format!("the backlog cannot be read from the broker: {error}"),
-                    )
+                    End::kafka_unavailable("the backlog cannot be read from the broker", &error)
                 })?;
             match read {
                 Read::Event { event, .. } => {
@@ -940,16 +944,11 @@ impl Session {
 /// want); for session events, which are not stored, the latter.
 async fn handover_positions(service: &StreamService, since_us: i64) -> Result<Positions, End> {
     let partitions: Vec<(Category, i32)> = service.hub.positions().keys().copied().collect();
-    let stored = service.events.stored_positions().await.map_err(|error| {
-        End::close(
-            close::INTERNAL,
-            "history_unavailable",
-            format!(
-                "stored events cannot be read: {}",
-                ledgerline_service::errors::error_chain(&error)
-            ),
-        )
-    })?;
+    let stored = service
+        .events
+        .stored_positions()
+        .await
+        .map_err(|error| End::history_unavailable(&error))?;
     let from_time = replay::offsets_for_time(
         &service.metadata,
         partitions,
@@ -959,13 +958,7 @@ async fn handover_positions(service: &StreamService, since_us: i64) -> Result<Po
             .max(0),
     )
     .await
-    .map_err(|error| {
-        End::close(
-            close::INTERNAL,
-            "kafka_unavailable",
-            format!("the broker cannot be asked for offsets: {error}"),
-        )
-    })?;
+    .map_err(|error| End::kafka_unavailable("the broker cannot be asked for offsets", &error))?;
     let mut positions = from_time;
     for (topic, partition, next) in stored {
         if let Some(category) = Category::from_topic(&topic) {
