@@ -32,7 +32,8 @@ API_PORT=8080
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
 # unused), and Debian's ClickHouse 18.16.
 APT_PACKAGES=(cmake libcurl4-openssl-dev zlib1g-dev libzstd-dev libssl-dev libsasl2-dev
-  clickhouse-server clickhouse-client curl)
+  clickhouse-server clickhouse-client curl
+  chromium chromium-driver)
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

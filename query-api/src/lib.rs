@@ -10,6 +10,7 @@
 //! - [`stream`]: `/v1/stream`, the live fan-out with filters, roles and gapless resume;
 //! - [`audit_trail`]: every audit read is published as an `audit.archive.read` event first;
 //! - [`error`]: every error is `{"error": {"code", "message"}}`.
+//! - [`console`]: the web console at `/`, embedded in the binary.
 //!
 //! Reads go through the projector's [`EventReader`] and the archive's reader, proof, verify
 //! and export code; the API writes no SQL of its own.
@@ -17,6 +18,7 @@
 pub mod audit_trail;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod params;
 pub mod routes;

@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::routes::{audit, events, jobs};
+use crate::routes::{audit, events, jobs, whoami};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -33,7 +33,8 @@ use crate::state::AppState;
         (name = "events", description = "Search and fetch events (never audit events)"),
         (name = "stats", description = "Histograms and top-N"),
         (name = "jobs", description = "Job status, progress and timelines"),
-        (name = "audit", description = "Audit review: auditor role only; every read is itself audited")
+        (name = "audit", description = "Audit review: auditor role only; every read is itself audited"),
+        (name = "session", description = "Who the key is: its id and role")
     )
 )]
 struct ApiDoc;
@@ -63,12 +64,19 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::proof))
         .routes(routes!(audit::verify_chain))
         .routes(routes!(audit::export))
+        .routes(routes!(whoami::whoami))
         .route("/v1/stream", get(crate::stream::stream))
         .split_for_parts()
 }
 
 /// Paths served outside `/v1` (no key needed), listed in the document too.
-pub const SIDE_ROUTES: [&str; 3] = ["/health", "/metrics", "/openapi.json"];
+pub const SIDE_ROUTES: [&str; 5] = [
+    "/health",
+    "/metrics",
+    "/openapi.json",
+    "/",
+    "/console/{path}",
+];
 
 /// The whole application.
 pub fn router(state: AppState, health: Health, metrics: PrometheusHandle) -> Router {
@@ -95,6 +103,7 @@ pub fn router(state: AppState, health: Health, metrics: PrometheusHandle) -> Rou
     api.with_state(state)
         .merge(side)
         .merge(openapi)
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request, next| {
@@ -102,7 +111,8 @@ pub fn router(state: AppState, health: Health, metrics: PrometheusHandle) -> Rou
         }))
 }
 
-/// Adds `/health`, `/metrics` and `/openapi.json` to the document, so it lists every route.
+/// Adds `/v1/stream`, `/health`, `/metrics`, `/openapi.json` and the console to the document,
+/// so it lists every route.
 fn add_side_paths(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
     use utoipa::openapi::ResponseBuilder;
@@ -120,6 +130,11 @@ fn add_side_paths(doc: &mut utoipa::openapi::OpenApi) {
             "Prometheus metrics: requests by route and status, latency",
         ),
         ("/openapi.json", "This document"),
+        ("/", "The web console (docs/console.md): HTML, no key needed"),
+        (
+            "/console/{path}",
+            "The console's embedded files (scripts, styles); no key needed, no data",
+        ),
     ] {
         let operation = OperationBuilder::new()
             .tag("service")

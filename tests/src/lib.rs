@@ -17,12 +17,14 @@
 use std::sync::OnceLock;
 
 pub mod broker;
+pub mod chromedriver;
 pub mod clickhouse;
 pub mod names;
 pub mod process;
 pub mod registry;
 
 pub use broker::{Broker, BrokerStorage};
+pub use chromedriver::ChromeDriver;
 pub use clickhouse::ClickHouseServer;
 pub use registry::RegistryServer;
 

@@ -956,6 +956,8 @@ async fn openapi_lists_exactly_the_served_routes_and_metrics_count_them() {
     }
     documented.sort();
     let served = [
+        "/",
+        "/console/{path}",
         "/health",
         "/metrics",
         "/openapi.json",
@@ -970,6 +972,7 @@ async fn openapi_lists_exactly_the_served_routes_and_metrics_count_them() {
         "/v1/stats/histogram",
         "/v1/stats/top",
         "/v1/stream",
+        "/v1/whoami",
     ];
     let expected: Vec<(String, String)> = served
         .iter()
@@ -982,7 +985,8 @@ async fn openapi_lists_exactly_the_served_routes_and_metrics_count_them() {
     for (_, path) in &documented {
         let concrete = path
             .replace("{event_id}", &uuid::Uuid::now_v7().to_string())
-            .replace("{job_id}", "j");
+            .replace("{job_id}", "j")
+            .replace("{path}", "js/app.js");
         let (status, body) = stack.get(Some(auditor), &concrete).await;
         assert!(
             !(status == 404
@@ -1051,4 +1055,72 @@ async fn a_key_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not()
     // Another key is not affected.
     let (status, _) = stack.get(Some(stack.admin(6)), path).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
+    let stack = stack();
+    let (status, headers, body) = stack.get_raw(None, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let html = String::from_utf8(body).unwrap();
+    assert!(html.contains("/console/js/app.js"), "{html}");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"),
+        "{policy}"
+    );
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    // Every script the page loads is served, as JavaScript, and revalidates with a 304.
+    for file in [
+        "js/app.js",
+        "js/api.js",
+        "js/explore.js",
+        "js/tail.js",
+        "console.css",
+    ] {
+        let (status, headers, body) = stack.get_raw(None, &format!("/console/{file}")).await;
+        assert_eq!(status, 200, "{file}");
+        assert!(!body.is_empty());
+        let etag = headers["etag"].to_str().unwrap().to_owned();
+        let response = reqwest::Client::new()
+            .get(format!("{}/console/{file}", stack.api))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 304, "{file}");
+    }
+    let (_, headers, _) = stack.get_raw(None, "/console/js/app.js").await;
+    assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+    // Not a file of the console: the API's JSON 404, with no path tricks.
+    for path in [
+        "/console/nope.js",
+        "/console/../Cargo.toml",
+        "/console/%2e%2e/src/lib.rs",
+        "/console/",
+    ] {
+        let (status, body) = stack.get(None, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    // The key check the console signs in with.
+    let (status, who) = stack.get(Some(stack.auditor(6)), "/v1/whoami").await;
+    assert_eq!(status, 200);
+    assert_eq!(who["role"], "auditor");
+    assert_eq!(who["can_review_audit"], true);
+    assert_eq!(who["key_id"], stack.keys.auditor[6].1.as_str());
+    let (status, who) = stack.get(Some(stack.analyst(6)), "/v1/whoami").await;
+    assert_eq!(
+        (status, &who["role"], &who["can_review_audit"]),
+        (
+            200,
+            &serde_json::json!("analyst"),
+            &serde_json::json!(false)
+        )
+    );
+    let (status, body) = stack.get(Some("llk_wrong"), "/v1/whoami").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
 }
