@@ -49,12 +49,12 @@ export function statusChip(status) {
 }
 
 /** A progress bar a screen reader can read: role=progressbar with its value. */
-export function progressBar(percent, label) {
+export function progressBar(percent, label, status) {
   const value = Math.max(0, Math.min(100, Number(percent) || 0));
   return h(
     "div",
     {
-      class: "progress",
+      class: `progress progress-${String(status || "").toLowerCase()}`,
       role: "progressbar",
       "aria-valuemin": "0",
       "aria-valuemax": "100",

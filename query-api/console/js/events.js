@@ -4,7 +4,7 @@
 
 import { h, time } from "./dom.js";
 
-const MAX_ROWS = 2000;
+export const MAX_ROWS = 2000;
 
 /** Fields whose values filter the view when clicked (the search fields of `q`). */
 export const ID_FIELDS = ["job_id", "device_id", "request_id", "trace_id", "user_id"];
@@ -59,7 +59,7 @@ export class EventTable {
       if (reading) box.scrollTop += box.scrollHeight - before;
     } else this.body.append(...rows);
     // Trim the oldest rows (the bottom), with their open detail rows.
-    while (this.body.children.length > MAX_ROWS * 2 && this.ids.size > MAX_ROWS) {
+    while (this.ids.size > MAX_ROWS && this.body.lastElementChild) {
       const last = this.body.lastElementChild;
       if (last.dataset.eventId) this.ids.delete(last.dataset.eventId);
       last.remove();

@@ -8,7 +8,7 @@ import {
   isoSeconds, searchTerm, RANGE_LABELS, LEVELS,
 } from "./dom.js";
 import { drawHistogram, intervalFor } from "./histogram.js";
-import { EventTable, ID_FIELDS, timeCell } from "./events.js";
+import { EventTable, ID_FIELDS, MAX_ROWS, timeCell } from "./events.js";
 import { LiveTail } from "./tail.js";
 
 const FILTERS = ["q", "category", "service", "level"];
@@ -197,12 +197,28 @@ export function renderExplore(root, route, ctx) {
   })();
 
   if (state.live === "1") {
+    // Live events are drawn once per frame, not one by one, so a burst costs one layout; a
+    // hidden tab (no frames) keeps only the newest MAX_ROWS, which is all the table holds.
+    let pending = [];
+    let frame = 0;
+    const flush = () => {
+      frame = 0;
+      const batch = pending;
+      pending = [];
+      const empty = table.body.querySelector("tr.empty");
+      if (empty) empty.remove();
+      table.add(batch, { top: true, live: true });
+    };
     tail = new LiveTail({
       params: filters,
+      // A relative range was just searched up to now: start the tail a little before the
+      // search, so an event stored between the search and the subscription is not missed
+      // (the table skips the ones it already has). A custom range is history: tail from now.
+      since: state.range ? new Date(Date.now() - 10_000).toISOString() : undefined,
       onEvent: (event) => {
-        const empty = table.body.querySelector("tr.empty");
-        if (empty) empty.remove();
-        table.add([event], { top: true, live: true });
+        pending.push(event);
+        if (pending.length > MAX_ROWS) pending.splice(0, pending.length - MAX_ROWS);
+        if (!frame) frame = requestAnimationFrame(flush);
       },
       onNotice: (kind, text) => notify(notices, kind, text),
       onState: (now) => {

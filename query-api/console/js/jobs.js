@@ -52,7 +52,7 @@ export function renderJobs(root, route, ctx) {
             h("td", { class: "col-job" }, h("a", { href: `#/jobs/${encodeURIComponent(job.job_id)}`, text: job.job_name || job.job_id }), h("div", { class: "muted small", text: job.job_id })),
             h("td", { text: job.job_type }),
             h("td", {}, statusChip(job.status)),
-            h("td", {}, progressBar(job.progress, `Progress of ${job.job_name || job.job_id}`)),
+            h("td", {}, progressBar(job.progress, `Progress of ${job.job_name || job.job_id}`, job.status)),
             h("td", { text: job.service }),
             h("td", {}, time(job.updated_at, job.updated_at_us)),
           ),
@@ -109,7 +109,7 @@ function renderJob(root, jobId, ctx) {
         h("dt", { text: "Service" }), h("dd", { text: job.service || "—" }),
         h("dt", { text: "Updated" }), h("dd", {}, time(job.updated_at, job.updated_at_us)),
       ),
-      progressBar(job.progress, `Progress of job ${jobId}`),
+      progressBar(job.progress, `Progress of job ${jobId}`, job.status),
       h("p", {}, h("a", { href: hashFor("explore", { range: "7d", q: `job_id:"${jobId.replace(/["\\]/g, "\\$&")}"` }), text: "Search this job's events" })),
     );
   };
