@@ -3,6 +3,7 @@
 //! session), with the flags Chromium needs on a closed network as root.
 
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,12 +18,14 @@ pub const CHROMIUM_ENV: &str = "LEDGERLINE_CHROMIUM";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const START_ATTEMPTS: u32 = 3;
 
-/// A running `chromedriver`. Dropping it stops the driver (and the browsers it started).
+/// A running `chromedriver`. Dropping it kills the driver's whole process group, so the
+/// browsers it started go too, even when a test failed before closing its session (the
+/// kernel's parent-death signal reaches only the driver, not its grandchildren).
 #[derive(Debug)]
 pub struct ChromeDriver {
     port: u16,
     chromium: PathBuf,
-    _process: ManagedChild,
+    process: ManagedChild,
     dir: tempfile::TempDir,
 }
 
@@ -58,7 +61,8 @@ impl ChromeDriver {
             let mut command = Command::new(&driver);
             command
                 .arg(format!("--port={port}"))
-                .arg("--allowed-ips=127.0.0.1");
+                .arg("--allowed-ips=127.0.0.1")
+                .process_group(0);
             let mut child =
                 ManagedChild::spawn("chromedriver", command, &log).map_err(|source| {
                     HarnessError::Spawn {
@@ -72,7 +76,7 @@ impl ChromeDriver {
                     return Ok(Self {
                         port,
                         chromium,
-                        _process: child,
+                        process: child,
                         dir,
                     });
                 }
@@ -110,5 +114,11 @@ impl ChromeDriver {
                 format!("--user-data-dir={}", profile.display()),
             ],
         }))
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        self.process.kill_group();
     }
 }

@@ -106,6 +106,20 @@ impl ManagedChild {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGKILLs the process group this child leads (it must have been started with
+    /// `process_group(0)`), then reaps the child: for servers that start processes of their
+    /// own (chromedriver and its browsers), which the parent-death signal does not reach.
+    pub fn kill_group(&mut self) {
+        if let Ok(group) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the group our own unreaped child leads, so the group id
+            // cannot have been reused.
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
+        self.kill();
+    }
+
     /// SIGKILL, then reap: what a crash looks like to the rest of the system.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1094,17 +1094,31 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
     }
     let (_, headers, _) = stack.get_raw(None, "/console/js/app.js").await;
     assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
-    // Not a file of the console: the API's JSON 404, with no path tricks.
+    // Not a file of the console: the API's JSON 404, with no path tricks. `%2F` keeps the
+    // dots inside one path segment, so the URL is not normalised on the way and the console
+    // handler itself sees `js/../../Cargo.toml`.
     for path in [
         "/console/nope.js",
-        "/console/../Cargo.toml",
-        "/console/%2e%2e/src/lib.rs",
-        "/console/",
+        "/console/js%2F..%2F..%2FCargo.toml",
+        "/console/..%2Fsrc%2Flib.rs",
+        "/console/%2Fetc%2Fpasswd",
     ] {
         let (status, body) = stack.get(None, path).await;
         assert_eq!(status, 404, "{path}: {body}");
         assert_eq!(body["error"]["code"], "not_found", "{path}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("no console file"),
+            "{path}: {body}"
+        );
     }
+    let (status, body) = stack.get(None, "/console/").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &serde_json::json!("not_found"))
+    );
     // The key check the console signs in with.
     let (status, who) = stack.get(Some(stack.auditor(6)), "/v1/whoami").await;
     assert_eq!(status, 200);

@@ -67,6 +67,19 @@ async fn an_analyst_signs_in_searches_and_finds_the_events_by_name() {
     let service = names::unique("console-explore");
     let job_id = names::unique("job");
     let ledger = stack.ledger(&service).await;
+    // Older events first, more than a page of them, so "Load more" has something to load.
+    for n in 0..110 {
+        let event = ledger
+            .system(
+                &format!("console.filler.{n}"),
+                Level::Debug,
+                "app::fill",
+                "filler",
+            )
+            .build();
+        ledger.publish_event(event).await.unwrap();
+    }
+    ledger.flush(Duration::from_secs(30)).await.unwrap();
     let mut published = Vec::new();
     for (n, status) in [JobStatus::Queued, JobStatus::Running, JobStatus::Failed]
         .into_iter()
@@ -86,7 +99,7 @@ async fn an_analyst_signs_in_searches_and_finds_the_events_by_name() {
         .system("unrelated.event", Level::Info, "app::other", "not this one")
         .build();
     send(&unrelated, event).await;
-    stored(stack, stack.analyst(0), &service, 3).await;
+    stored(stack, stack.analyst(0), &service, 113).await;
 
     let _one = one_at_a_time().await;
     let browser = Browser::open(&stack.api, "explore").await;
@@ -125,14 +138,20 @@ async fn an_analyst_signs_in_searches_and_finds_the_events_by_name() {
     browser.click("form.toolbar button[type=submit]").await;
     browser
         .wait_js(
-            "three rows in the table",
-            "return document.querySelectorAll('tr.event-row').length === 3;",
+            "a page of rows in the table",
+            "const r = document.querySelector('section.results'); return r && r.dataset.searchedFor === location.hash && document.querySelectorAll('tr.event-row').length === 100;",
             Duration::from_secs(30),
         )
         .await;
-    let mut shown = browser.table_names().await;
-    shown.sort();
-    assert_eq!(shown, published);
+    let shown = browser.table_names().await;
+    assert_eq!(
+        shown[..3],
+        ["console.check.2", "console.check.1", "console.check.0"]
+    );
+    assert!(shown[3..]
+        .iter()
+        .all(|name| name.starts_with("console.filler.")));
+    assert_eq!(published.len(), 3);
     // The query is in the URL, so the view can be shared.
     let url = browser.client.current_url().await.unwrap();
     assert!(
@@ -141,6 +160,22 @@ async fn an_analyst_signs_in_searches_and_finds_the_events_by_name() {
     );
     assert!(url.as_str().contains("range=15m"), "{url}");
     browser.screenshot("explore").await;
+    // "Load more" pages on through the cursor: the rest, each once, and then no more button.
+    browser.click("#load-more").await;
+    browser
+        .wait_js(
+            "the second page",
+            "return document.querySelectorAll('tr.event-row').length === 113;",
+            Duration::from_secs(30),
+        )
+        .await;
+    let ids = browser
+        .js("const ids = [...document.querySelectorAll('tr.event-row')].map(r => r.dataset.eventId); return [new Set(ids).size, document.getElementById('load-more').hidden];")
+        .await;
+    assert_eq!(ids, serde_json::json!([113, true]));
+    browser
+        .js("document.querySelector('.table-scroll').scrollTop = 0; return true;")
+        .await;
 
     // A row opens into its fields; the job id is a link that filters on it.
     // Every control has a label, and a row opens from the keyboard.
@@ -222,7 +257,7 @@ async fn an_analyst_signs_in_searches_and_finds_the_events_by_name() {
     browser
         .wait_js(
             "the narrow table",
-            "return document.querySelectorAll('tr.event-row').length === 3;",
+            "const r = document.querySelector('section.results'); return r && r.dataset.searchedFor === location.hash && document.querySelectorAll('tr.event-row').length === 100;",
             Duration::from_secs(30),
         )
         .await;
@@ -617,8 +652,8 @@ async fn a_jobs_progress_bar_reaches_100_percent_as_it_is_published() {
         send(&ledger, event).await;
         browser
             .wait_js(
-                &format!("the bar at {percent} %"),
-                &format!("const p = document.querySelector('.job-header [role=progressbar]'); return p && p.getAttribute('aria-valuenow') === '{percent}';"),
+                &format!("the bar drawn at {percent} %"),
+                &format!("const p = document.querySelector('.job-header [role=progressbar]'); if (!p || p.getAttribute('aria-valuenow') !== '{percent}') return false; const f = p.querySelector('.progress-fill'); return Math.abs(100 * f.getBoundingClientRect().width / p.getBoundingClientRect().width - {percent}) < 1;"),
                 Duration::from_secs(30),
             )
             .await;
@@ -643,10 +678,13 @@ async fn a_jobs_progress_bar_reaches_100_percent_as_it_is_published() {
         )
         .await;
     // The bar is drawn full, and the timeline has every event once, the connection included.
-    let fill = browser
-        .js("const f = document.querySelector('.job-header .progress-fill'); const p = f.parentElement; return Math.round(100 * f.getBoundingClientRect().width / p.getBoundingClientRect().width);")
+    browser
+        .wait_js(
+            "the bar drawn full",
+            "const f = document.querySelector('.job-header .progress-fill'); return Math.round(100 * f.getBoundingClientRect().width / f.parentElement.getBoundingClientRect().width) === 100;",
+            Duration::from_secs(10),
+        )
         .await;
-    assert_eq!(fill, Value::from(100));
     let rows = browser
         .js("return [...document.querySelectorAll('table.timeline tbody tr')].map(r => r.children[2].textContent);")
         .await;
@@ -818,6 +856,32 @@ async fn an_auditor_sees_the_chain_intact_then_broken_at_the_tampered_record() {
             .unwrap()
             .contains(&format!("Proof for {event_id} downloaded")),
         "{proof}"
+    );
+    // An export of the partition downloads as a tar file.
+    browser.click("details.export-section summary").await;
+    browser
+        .js(&format!(
+            "document.getElementById('export-partition').value = '{partition}'; return true;"
+        ))
+        .await;
+    browser.click("form.export button[type=submit]").await;
+    let export = browser
+        .wait_js(
+            "the export download",
+            "const n = document.querySelector('#audit-notices .notice'); return n && n.textContent.includes('Export') && n.textContent;",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        export.as_str().unwrap().starts_with("Export downloaded ("),
+        "{export}"
+    );
+    assert!(
+        !export
+            .as_str()
+            .unwrap()
+            .starts_with("Export downloaded (0 bytes"),
+        "{export}"
     );
 
     // Tamper with one record, behind the archiver's back, as an attacker with ClickHouse

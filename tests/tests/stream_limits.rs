@@ -238,6 +238,11 @@ async fn connections_over_the_per_key_limit_get_429_until_one_closes() {
         .as_str()
         .unwrap()
         .contains(&format!("{PER_KEY}")));
+    // A plain GET, which is how a browser learns why its websocket was refused, gets the
+    // same answer rather than `not_a_websocket`.
+    let (status, body) = stack.get(Some(key), "/v1/stream?service=limits").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_connections");
     // Another key is not affected.
     subscribe(&stack.api, stack.analyst(3), "service=limits")
         .await

@@ -22,6 +22,8 @@ function navigate(hash) {
 }
 
 function signOut(message) {
+  // Several requests may come back 401 at once: the first one signs out.
+  if (!session.key() && location.hash.startsWith("#/signin")) return;
   session.clear();
   signInMessage = message || "";
   if (!location.hash.startsWith("#/signin")) afterSignIn = location.hash || "#/explore";

@@ -5,9 +5,7 @@
 // it is: the console hides the page, and the API refuses it anyway.
 
 import { get, download } from "./api.js";
-import {
-  h, notify, showError, resolveRange, hashFor, time, isoSeconds, toLocalInput, fromLocalInput, RANGE_LABELS,
-} from "./dom.js";
+import { h, notify, showError, resolveRange, rangePicker, hashFor, time } from "./dom.js";
 import { EventTable, timeCell } from "./events.js";
 
 const FILTERS = ["actor", "action", "target", "outcome"];
@@ -41,38 +39,21 @@ export function renderAudit(root, route, ctx) {
   }
 
   const range = resolveRange(state);
-  const rangeSelect = h(
-    "select",
-    { id: "audit-range" },
-    Object.entries(RANGE_LABELS).map(([value, text]) => h("option", { value, text, selected: state.range === value })),
-    h("option", { value: "custom", text: "Custom range", selected: !state.range }),
-  );
-  const sinceInput = h("input", { id: "audit-since", type: "datetime-local", step: "1", value: toLocalInput(new Date(range.sinceMs)) });
-  const untilInput = h("input", { id: "audit-until", type: "datetime-local", step: "1", value: toLocalInput(new Date(range.untilMs)) });
-  const custom = h("span", { class: "custom-range", hidden: !!state.range },
-    h("label", { for: "audit-since" }, "From ", sinceInput), h("label", { for: "audit-until" }, "To ", untilInput));
-  rangeSelect.addEventListener("change", () => {
-    custom.hidden = rangeSelect.value !== "custom";
-  });
+  const picker = rangePicker("audit", state, range);
   const inputs = Object.fromEntries(FILTERS.filter((f) => f !== "outcome").map((name) => [name, h("input", { id: `audit-${name}`, value: state[name] || "", autocomplete: "off", size: "14" })]));
   inputs.outcome = h("select", { id: "audit-outcome" }, ["", "success", "failure", "denied"].map((value) => h("option", { value, text: value || "Any", selected: (state.outcome || "") === value })));
   const form = h(
     "form",
     { class: "toolbar", role: "search", "aria-label": "Search audit events" },
-    h("label", { for: "audit-range" }, "Range ", rangeSelect),
-    custom,
+    picker.elements,
     FILTERS.map((name) => h("label", { for: `audit-${name}` }, `${name[0].toUpperCase()}${name.slice(1)} `, inputs[name])),
     h("button", { type: "submit", text: "Search" }),
   );
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const next = Object.fromEntries(FILTERS.map((name) => [name, inputs[name].value.trim()]));
-    if (rangeSelect.value === "custom") {
-      const since = fromLocalInput(sinceInput.value);
-      const until = fromLocalInput(untilInput.value);
-      if (!since || !until) return notify(notices, "error", "Give both ends of the custom range.");
-      Object.assign(next, { since: isoSeconds(since), until: isoSeconds(until) });
-    } else next.range = rangeSelect.value;
+    const chosen = picker.value();
+    if (chosen.error) return notify(notices, "error", chosen.error);
+    const next = { ...Object.fromEntries(FILTERS.map((name) => [name, inputs[name].value.trim()])), ...chosen };
     const hash = hashFor("audit", next);
     if (hash === location.hash) ctx.rerender();
     else ctx.navigate(hash);

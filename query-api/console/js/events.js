@@ -19,6 +19,7 @@ export class EventTable {
     this.linkFor = linkFor || (() => null);
     this.actions = actions || (() => []);
     this.ids = new Set();
+    this.live = 0;
     this.body = h("tbody");
     this.table = h(
       "table",
@@ -33,11 +34,17 @@ export class EventTable {
 
   clear() {
     this.ids.clear();
+    this.live = 0;
     this.body.replaceChildren();
   }
 
   get size() {
     return this.ids.size;
+  }
+
+  /** Rows from searches ("load more" pages), not from the live tail. */
+  get searched() {
+    return this.ids.size - this.live;
   }
 
   /** Adds events at the bottom (a search page) or the top (live); repeats are skipped. */
@@ -58,11 +65,19 @@ export class EventTable {
       this.body.prepend(...rows.reverse());
       if (reading) box.scrollTop += box.scrollHeight - before;
     } else this.body.append(...rows);
-    // Trim the oldest rows (the bottom), with their open detail rows.
-    while (this.ids.size > MAX_ROWS && this.body.lastElementChild) {
-      const last = this.body.lastElementChild;
-      if (last.dataset.eventId) this.ids.delete(last.dataset.eventId);
-      last.remove();
+    // A long tail keeps its newest MAX_ROWS live rows: the oldest live row goes, with its
+    // open detail row. Search rows are never trimmed (pages are bounded by the caller), so
+    // "load more" never leaves a hole.
+    if (live) this.live += rows.length;
+    while (this.live > MAX_ROWS) {
+      const liveRows = this.body.querySelectorAll("tr.event-row.live");
+      const oldest = liveRows[liveRows.length - 1];
+      if (!oldest) break;
+      const next = oldest.nextElementSibling;
+      if (next && next.classList.contains("detail")) next.remove();
+      this.ids.delete(oldest.dataset.eventId);
+      oldest.remove();
+      this.live -= 1;
     }
     return rows.length;
   }

@@ -4,8 +4,7 @@
 
 import { get } from "./api.js";
 import {
-  h, levelChip, notify, showError, resolveRange, hashFor, toLocalInput, fromLocalInput,
-  isoSeconds, searchTerm, RANGE_LABELS, LEVELS,
+  h, levelChip, notify, showError, resolveRange, rangePicker, hashFor, isoSeconds, searchTerm, LEVELS,
 } from "./dom.js";
 import { drawHistogram, intervalFor } from "./histogram.js";
 import { EventTable, ID_FIELDS, MAX_ROWS, timeCell } from "./events.js";
@@ -25,24 +24,8 @@ export function renderExplore(root, route, ctx) {
   const go = (changes) => ctx.navigate(hashFor("explore", { ...state, ...changes }));
 
   // The form.
-  const rangeSelect = h(
-    "select",
-    { id: "range", name: "range" },
-    Object.entries(RANGE_LABELS).map(([value, text]) => h("option", { value, text, selected: state.range === value })),
-    h("option", { value: "custom", text: "Custom range", selected: !state.range }),
-  );
   const range = resolveRange(state);
-  const sinceInput = h("input", { id: "since", type: "datetime-local", step: "1", value: toLocalInput(new Date(range.sinceMs)) });
-  const untilInput = h("input", { id: "until", type: "datetime-local", step: "1", value: toLocalInput(new Date(range.untilMs)) });
-  const custom = h(
-    "span",
-    { class: "custom-range", hidden: !!state.range },
-    h("label", { for: "since" }, "From ", sinceInput),
-    h("label", { for: "until" }, "To ", untilInput),
-  );
-  rangeSelect.addEventListener("change", () => {
-    custom.hidden = rangeSelect.value !== "custom";
-  });
+  const picker = rangePicker("", state, range);
   const q = h("input", {
     id: "q", name: "q", type: "search", value: filters.q, autocomplete: "off", spellcheck: "false",
     placeholder: 'level:error service:billing "disk full"',
@@ -68,8 +51,7 @@ export function renderExplore(root, route, ctx) {
   const form = h(
     "form",
     { class: "toolbar", role: "search", "aria-label": "Search events" },
-    h("label", { for: "range" }, "Range ", rangeSelect),
-    custom,
+    picker.elements,
     h("label", { for: "q", class: "grow" }, "Search ", q),
     h("label", { for: "category" }, "Category ", category),
     h("label", { for: "service" }, "Service ", service),
@@ -82,13 +64,7 @@ export function renderExplore(root, route, ctx) {
   );
   const formState = () => {
     const next = { q: q.value.trim(), category: category.value, service: service.value.trim(), level: level.value, live: liveSwitch.checked ? "1" : "" };
-    if (rangeSelect.value === "custom") {
-      const since = fromLocalInput(sinceInput.value);
-      const until = fromLocalInput(untilInput.value);
-      if (!since || !until) return { error: "Give both ends of the custom range." };
-      return { ...next, range: "", since: isoSeconds(since), until: isoSeconds(until) };
-    }
-    return { ...next, range: rangeSelect.value, since: "", until: "" };
+    return { ...next, ...picker.value() };
   };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -127,6 +103,9 @@ export function renderExplore(root, route, ctx) {
     ],
   });
   const more = h("button", { type: "button", class: "secondary", id: "load-more", hidden: true, text: "Load more" });
+  const results = h("section", { class: "results", "aria-label": "Events" }, table.scroller, h("div", { class: "more" }, more));
+  // Which view the table shows, once its search is done (scripts and tests can wait on it).
+  const view = location.hash;
 
   root.replaceChildren(
     h("h1", { class: "visually-hidden", text: "Explore" }),
@@ -135,7 +114,7 @@ export function renderExplore(root, route, ctx) {
     h("section", { class: "histogram", "aria-label": "Events over time by level" }, histogramHost,
       h("div", { class: "legend", "aria-hidden": "true" }, LEVELS.map((l) => h("span", {}, h("i", { class: `swatch bar-${l.toLowerCase()}` }), l))),
       summary),
-    h("section", { class: "results", "aria-label": "Events" }, table.scroller, h("div", { class: "more" }, more)),
+    results,
   );
 
   const params = { since: range.since, until: range.until, ...filters };
@@ -144,6 +123,11 @@ export function renderExplore(root, route, ctx) {
     table.add(page.events);
     cursor = page.next_cursor;
     more.hidden = !cursor;
+    if (cursor && table.searched >= MAX_ROWS) {
+      // The table stops growing here; the rest is a narrower search away.
+      more.hidden = true;
+      notify(notices, "warn", `The table holds the newest ${MAX_ROWS.toLocaleString()} results; narrow the range or the search to see older ones.`);
+    }
     if (!table.size) table.body.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "6", text: "No events match in this range." })));
   };
   more.addEventListener("click", async () => {
@@ -166,9 +150,13 @@ export function renderExplore(root, route, ctx) {
       get("/v1/stats/top", { since: range.since, until: range.until, field: "service", limit: 50 }, { signal }),
     ]);
     if (signal.aborted) return;
-    if (page.status === "fulfilled") showPage(page.value);
+    if (page.status === "fulfilled") {
+      showPage(page.value);
+      results.dataset.searchedFor = view;
+    }
     else {
-      table.body.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "6", text: "The search failed; see the message above." })));
+      // Live rows may already be in the table; only an empty one says the search failed.
+      if (!table.size) table.body.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: "6", text: "The search failed; see the message above." })));
       showError(notices, page.reason);
     }
     if (histogram.status === "fulfilled") {
@@ -210,7 +198,9 @@ export function renderExplore(root, route, ctx) {
       table.add(batch, { top: true, live: true });
     };
     tail = new LiveTail({
-      params: filters,
+      // Explore never shows audit events (its searches cannot), so the tail asks for the
+      // other categories when none is chosen; an auditor's tail is then no audit watch.
+      params: { ...filters, category: filters.category || "job,connection,system,session" },
       // A relative range was just searched up to now: start the tail a little before the
       // search, so an event stored between the search and the subscription is not missed
       // (the table skips the ones it already has). A custom range is history: tail from now.
@@ -222,7 +212,7 @@ export function renderExplore(root, route, ctx) {
       },
       onNotice: (kind, text) => notify(notices, kind, text),
       onState: (now) => {
-        liveStatus.textContent = { connecting: "connecting…", live: "● live", paused: "paused", reconnecting: "reconnecting…", failed: "stopped", stopped: "" }[now] || now;
+        liveStatus.textContent = { connecting: "connecting…", "catching-up": "catching up…", live: "● live", paused: "paused", reconnecting: "reconnecting…", failed: "stopped", stopped: "" }[now] || now;
         liveStatus.dataset.state = now;
       },
     });

@@ -25,6 +25,12 @@ function label(ms, spanMs) {
   return `${date.getMonth() + 1}/${date.getDate()} ${clock}`;
 }
 
+/** A zoom target in whole seconds (the API's times) and at least one second long. */
+function zoomTo(onZoom, from, to) {
+  const start = Math.floor(from / 1000) * 1000;
+  onZoom(start, Math.max(Math.ceil(to / 1000) * 1000, start + 1000));
+}
+
 /**
  * Draws `answer` (the histogram JSON) over [sinceMs, untilMs) into `host`; `onZoom(fromMs,
  * toMs)` is called when a range is dragged out.
@@ -83,14 +89,18 @@ export function drawHistogram(host, answer, range, onZoom) {
       const height = (bucket.count / max) * plotHeight;
       y -= height;
       const level = LEVELS.includes(bucket.key) ? bucket.key.toLowerCase() : "unknown";
+      // A bucket may start before the range (buckets are aligned to their width): draw only
+      // the part inside the plot.
+      const left = Math.max(LEFT, x(start));
+      const right = Math.min(WIDTH, x(start) + barWidth);
       chart.append(
         svg(
           "rect",
           {
             class: `bar bar-${level}`,
-            x: x(start).toFixed(2),
+            x: left.toFixed(2),
             y: y.toFixed(2),
-            width: barWidth.toFixed(2),
+            width: Math.max(1, right - left).toFixed(2),
             height: Math.max(height, 0.5).toFixed(2),
             "data-start-us": String(bucket.start_us),
             "data-level": bucket.key,
@@ -131,10 +141,7 @@ export function drawHistogram(host, answer, range, onZoom) {
     from = null;
     selection.setAttribute("visibility", "hidden");
     if (Math.abs(to - start) < 4) return;
-    const a = toMs(Math.min(start, to));
-    const b = toMs(Math.max(start, to));
-    // Whole seconds: the API's times are RFC 3339 and the zoom must not be empty.
-    onZoom(Math.floor(a / 1000) * 1000, Math.max(Math.ceil(b / 1000) * 1000, Math.floor(a / 1000) * 1000 + 1000));
+    zoomTo(onZoom, toMs(Math.min(start, to)), toMs(Math.max(start, to)));
   };
   chart.addEventListener("pointerup", finish);
   chart.addEventListener("pointercancel", () => {
@@ -145,9 +152,9 @@ export function drawHistogram(host, answer, range, onZoom) {
   chart.addEventListener("keydown", (event) => {
     if (!event.shiftKey) return;
     const middle = sinceMs + span / 2;
-    if (event.key === "ArrowLeft") onZoom(sinceMs, middle);
-    else if (event.key === "ArrowRight") onZoom(middle, untilMs);
-    else if (event.key === "ArrowDown") onZoom(sinceMs - span / 2, untilMs + span / 2);
+    if (event.key === "ArrowLeft") zoomTo(onZoom, sinceMs, middle);
+    else if (event.key === "ArrowRight") zoomTo(onZoom, middle, untilMs);
+    else if (event.key === "ArrowDown") zoomTo(onZoom, sinceMs - span / 2, untilMs + span / 2);
     else return;
     event.preventDefault();
   });

@@ -42,6 +42,12 @@ export function renderJobs(root, route, ctx) {
   const controller = new AbortController();
   let timer = null;
   const load = async () => {
+    // Rebuilding the rows under someone tabbing through them would lose their place: skip a
+    // round while the focus is in the table.
+    if (body.contains(document.activeElement)) {
+      timer = setTimeout(load, REFRESH_MS);
+      return;
+    }
     try {
       const answer = await get("/v1/jobs", { status, limit: 200 }, { signal: controller.signal });
       body.replaceChildren(
@@ -159,12 +165,13 @@ function renderJob(root, jobId, ctx) {
     }
     if (controller.signal.aborted) return;
     tail = new LiveTail({
-      params: { job_id: jobId },
+      // The timeline is job and connection events (session lines carry job ids too).
+      params: { job_id: jobId, category: "job,connection" },
       since: new Date(openedAt - 60_000).toISOString(),
       onEvent: addEvent,
       onNotice: (kind, text) => notify(notices, kind, text),
       onState: (state) => {
-        liveStatus.textContent = state === "live" ? "● live" : state;
+        liveStatus.textContent = { connecting: "connecting…", "catching-up": "catching up…", live: "● live", reconnecting: "reconnecting…", failed: "stopped", stopped: "" }[state] || state;
         liveStatus.dataset.state = state;
       },
     });

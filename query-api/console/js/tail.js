@@ -11,7 +11,8 @@ export class LiveTail {
   /**
    * params: the /v1/events filters (no since/until); since: where to start the first time
    * (an RFC 3339 time, or nothing for "from now"); onEvent(event); onNotice(kind, text);
-   * onState(state), state one of connecting, live, paused, reconnecting, failed, stopped.
+   * onState(state), state one of connecting, catching-up (open, replaying what was missed),
+   * live (the server said `subscribed`), paused, reconnecting, failed, stopped.
    */
   constructor({ params, since, onEvent, onNotice, onState }) {
     this.params = params;
@@ -24,6 +25,12 @@ export class LiveTail {
     this.backoff = 500;
     this.timer = null;
     this.state = "stopped";
+    // Bumped by every connect and close, so a slow continuation of an old socket (waiting
+    // for the refusal probe) cannot act on a newer one.
+    this.generation = 0;
+    // Opens that failed with no reason the API would give (a proxy without websockets, a
+    // policy blocking them): said once it keeps happening, instead of retrying in silence.
+    this.unexplained = 0;
   }
 
   setState(state) {
@@ -51,6 +58,7 @@ export class LiveTail {
   }
 
   close() {
+    this.generation += 1;
     clearTimeout(this.timer);
     this.timer = null;
     const socket = this.socket;
@@ -71,16 +79,19 @@ export class LiveTail {
     const from = this.cursor || this.since;
     const socket = new WebSocket(streamUrl({ ...this.params, since: from || undefined }));
     this.socket = socket;
+    const generation = this.generation;
     let opened = false;
     socket.onopen = () => {
       opened = true;
-      this.setState("live");
+      this.unexplained = 0;
+      // Open, but replaying what was missed (a cursor or a time); live at `subscribed`.
+      this.setState("catching-up");
     };
     socket.onmessage = (message) => this.receive(message.data);
     socket.onclose = (close) => {
       if (this.socket !== socket) return;
       this.socket = null;
-      this.closed(close, opened);
+      this.closed(close, opened, generation);
     };
   }
 
@@ -94,8 +105,11 @@ export class LiveTail {
     if (message.cursor) this.cursor = message.cursor;
     switch (message.type) {
       case "event":
-        this.backoff = 500;
         this.onEvent(message.event);
+        break;
+      case "subscribed":
+        this.backoff = 500;
+        this.setState("live");
         break;
       case "lagged":
         this.onNotice(
@@ -122,12 +136,11 @@ export class LiveTail {
     }
   }
 
-  async closed(close, opened) {
+  async closed(close, opened, generation) {
     if (!opened) {
       // The upgrade was refused; the browser does not say why, so ask the API.
-      const { key: _ignored, ...params } = { ...this.params, since: this.cursor || this.since || undefined };
-      const refusal = await whyStreamRefused(params);
-      if (this.state === "stopped" || this.state === "paused") return;
+      const refusal = await whyStreamRefused({ ...this.params, since: this.cursor || this.since || undefined });
+      if (generation !== this.generation) return;
       if (refusal) {
         this.onNotice("error", `${refusal.code}: ${refusal.message}`);
         const retry = refusal.status === 429 || refusal.status >= 500 || refusal.status === 0;
@@ -135,6 +148,11 @@ export class LiveTail {
           this.setState("failed");
           return;
         }
+      } else if (++this.unexplained >= 3) {
+        this.onNotice(
+          "error",
+          "The live stream's websocket could not be opened, and the API gives no reason (a proxy that does not pass websockets?). Retrying.",
+        );
       }
     } else if (close.code === 4413) {
       this.cursor = null;
@@ -146,6 +164,8 @@ export class LiveTail {
     const wait = this.backoff;
     this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
     this.setState("reconnecting");
-    this.timer = setTimeout(() => this.connect("reconnecting"), wait);
+    this.timer = setTimeout(() => {
+      if (generation === this.generation) this.connect("reconnecting");
+    }, wait);
   }
 }

@@ -356,13 +356,9 @@ async fn open(
     };
     let filter = StreamFilter::from_params(&mut params, caller.role)?;
     params.finish()?;
-    let upgrade = upgrade.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not_a_websocket",
-            format!("/v1/stream is a websocket: {}", rejection.body_text()),
-        )
-    })?;
+    // Every check a plain GET can answer comes before the websocket check, so a browser,
+    // which is not told why an upgrade failed, can ask with a GET and get the real reason
+    // (a full server, too many connections for the key) rather than `not_a_websocket`.
     if let Err(reason) = service.check() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -372,6 +368,13 @@ async fn open(
         .with_retry_after(5));
     }
     let slot = service.admit(&caller.key_id)?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_a_websocket",
+            format!("/v1/stream is a websocket: {}", rejection.body_text()),
+        )
+    })?;
     let client = Client {
         key_id: caller.key_id.clone(),
         role: caller.role,

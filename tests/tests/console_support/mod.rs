@@ -79,6 +79,9 @@ impl Browser {
 
     /// Signs in through the form, as a person would, and waits for the role in the header.
     pub async fn sign_in(&self, key: &str) -> String {
+        // A fresh page load, so the form found below is the one that is shown (a hash change
+        // alone redraws the page after this could find the old form).
+        self.client.goto("about:blank").await.unwrap();
         self.goto("#/signin").await;
         let input = self
             .client
