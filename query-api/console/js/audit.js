@@ -203,7 +203,10 @@ function exportSection(notices) {
   return {
     section: h("details", { class: "export-section" }, h("summary", { text: "Export a range for offline verification" }), form),
     partitions(list) {
+      // Refilled after each verification; a partition already chosen stays chosen.
+      const chosen = partition.value;
       partition.replaceChildren(h("option", { value: "", text: "All" }), ...list.map((p) => h("option", { value: String(p), text: String(p) })));
+      if (list.map(String).includes(chosen)) partition.value = chosen;
     },
   };
 }
