@@ -9,11 +9,13 @@
 //!   states) and the read library the query API uses;
 //! - [`archive`]: the tamper-evident audit archive into ClickHouse `ledgerline_audit` (hash
 //!   chain per partition, signed checkpoints) and its verify, proof and export tools.
+//! - [`dlq`]: the dead-letter topic's operator tools, `inspect` and `replay` (once per record).
 //!
 //! The binary `ledgerline-consumer <consumer>` runs one consumer (`projector`, `archive`) or one
 //! of the archive's tools. The live fan-out arrives with its issue.
 
 pub mod archive;
 pub mod clickhouse;
+pub mod dlq;
 pub mod projector;
 pub mod runtime;

@@ -471,3 +471,122 @@ fn run_keys_plain() -> String {
     assert!(fields[1].starts_with("analyst-"));
     fields[0].to_owned()
 }
+
+// --- ledgerline-consumer dlq ---
+
+#[test]
+fn dlq_inspect_and_replay_work_from_the_command_line() {
+    let harness = Harness::shared().unwrap();
+    let reason = names::unique("cli-reason");
+    let source_topic = names::unique("cli-source");
+    // One dead letter as the runtime writes them, with a reason no other test uses.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let client = harness.broker.client_config();
+        let layout = ledgerline_service::kafka::NewTopics::new(1, 1);
+        ledgerline_service::kafka::ensure_topics(&client, &["ledgerline.dlq"], &layout)
+            .await
+            .unwrap();
+        let producer: FutureProducer = client.create().unwrap();
+        let values = [
+            ("ledgerline.source.topic", source_topic.as_str()),
+            ("ledgerline.source.partition", "0"),
+            ("ledgerline.source.offset", "42"),
+            ("ledgerline.dlq.reason", reason.as_str()),
+            ("ledgerline.dlq.error", "a test dead letter"),
+            ("ledgerline.dlq.time_us", "1764583200000000"),
+        ];
+        let headers = values
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(*value),
+                })
+            });
+        producer
+            .send(
+                FutureRecord::<(), _>::to("ledgerline.dlq")
+                    .payload("not an event")
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    });
+    let config = format!("[kafka]\nbrokers = \"{}\"\n", harness.broker.bootstrap());
+    let bound = Duration::from_secs(60);
+
+    let inspect = run(
+        "ledgerline-consumer",
+        &["dlq", "inspect", "--reason", &reason],
+        &config,
+        bound,
+    );
+    assert!(inspect.status.success(), "{}", inspect.output);
+    assert!(
+        inspect.output.contains(&format!("reason={reason}")),
+        "{}",
+        inspect.output
+    );
+    assert!(
+        inspect
+            .output
+            .contains(&format!("source={source_topic}/0/42")),
+        "{}",
+        inspect.output
+    );
+    assert!(
+        inspect.output.contains("error: a test dead letter"),
+        "{}",
+        inspect.output
+    );
+    assert!(
+        inspect
+            .output
+            .contains(&format!("1 dead letter(s) — {reason}: 1")),
+        "{}",
+        inspect.output
+    );
+
+    let json = run(
+        "ledgerline-consumer",
+        &["dlq", "inspect", "--reason", &reason, "--json"],
+        &config,
+        bound,
+    );
+    assert!(json.status.success(), "{}", json.output);
+    let line: serde_json::Value =
+        serde_json::from_str(json.output.lines().next().unwrap()).unwrap();
+    assert_eq!(line["source_topic"], source_topic.as_str());
+    assert_eq!(line["source_offset"], 42);
+    assert_eq!(line["time_us"], 1_764_583_200_000_000_i64);
+
+    let dry = run(
+        "ledgerline-consumer",
+        &["dlq", "replay", "--reason", &reason, "--dry-run"],
+        &config,
+        bound,
+    );
+    assert!(dry.status.success(), "{}", dry.output);
+    assert!(
+        dry.output.contains("would replay ledgerline.dlq/"),
+        "{}",
+        dry.output
+    );
+    assert!(
+        dry.output.contains("0 replayed, 1 would be replayed"),
+        "{}",
+        dry.output
+    );
+
+    // A time that is not RFC 3339 is named.
+    run(
+        "ledgerline-consumer",
+        &["dlq", "inspect", "--since", "yesterday"],
+        &config,
+        bound,
+    )
+    .assert_failed_naming("dlq inspect --since yesterday", &["--since", "yesterday"]);
+}

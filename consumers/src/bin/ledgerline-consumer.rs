@@ -5,6 +5,7 @@
 //!   [`ledgerline_consumers::projector::run`].
 //! - `archive` (or `archive run`): the tamper-evident audit archive, from `[archive]`; see
 //!   [`ledgerline_consumers::archive::run`].
+//! - `dlq inspect | replay`: the dead-letter topic's tools (see [`ledgerline_consumers::dlq`]).
 //! - `archive keygen | verify | prove | check-proof | export`: the archive's key and review
 //!   tools. `verify` exits 0 when everything is intact, 1 when something is broken, 2 when it
 //!   could not run.
@@ -20,8 +21,10 @@ use ledgerline_consumers::archive::kafka::BrokerView;
 use ledgerline_consumers::archive::store::ArchiveStore;
 use ledgerline_consumers::archive::verify::{self, Decoder, KafkaView, VerifyOptions};
 use ledgerline_consumers::archive::{self, bundle, proof, ArchiveSettings};
+use ledgerline_consumers::dlq;
 use ledgerline_consumers::projector::{self, ProjectorSettings};
 use ledgerline_schemas::EventCodec;
+use ledgerline_service::kafka::KafkaConfig;
 use ledgerline_service::telemetry::{self, TelemetryConfig};
 use ledgerline_service::{shutdown, ConfigSource};
 use secrecy::ExposeSecret;
@@ -49,6 +52,45 @@ enum ConsumerName {
         #[command(subcommand)]
         command: Option<ArchiveCommand>,
     },
+    /// The dead-letter topic `ledgerline.dlq`: inspect it, or replay records after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters with their reason, error and source coordinates (reads only).
+    Inspect {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-publish dead letters to their source topic and partition, each at most once across
+    /// runs (progress is kept in `ledgerline.dlq.replays`).
+    Replay {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Dead-lettered before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        /// List what would be replayed, and publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DlqSelect {
+    /// Only this reason (`invalid_event`, `oversize`, `unknown_topic`, …); repeat for several.
+    #[arg(long = "reason")]
+    reasons: Vec<String>,
+    /// Dead-lettered at or after this RFC 3339 time (`--since` and `--from` are the same).
+    #[arg(long, visible_alias = "from")]
+    since: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .context("projector failed")?;
         }
+        ConsumerName::Dlq { command } => return dlq_command(&source, command).await,
         ConsumerName::Archive { command } => match command.unwrap_or(ArchiveCommand::Run) {
             ArchiveCommand::Run => {
                 telemetry::init_tracing(&telemetry_config)?;
@@ -319,6 +362,121 @@ async fn verify_command(source: &ConfigSource, args: VerifyArgs) -> anyhow::Resu
     } else {
         ExitCode::from(1)
     })
+}
+
+/// An RFC 3339 time as µs since the epoch, for `--since`/`--to`.
+fn micros(name: &str, text: &str) -> anyhow::Result<i64> {
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("--{name} must be an RFC 3339 time such as 2026-12-01T10:00:00Z, not `{text}`")
+        })?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).context("time out of range")
+}
+
+fn selection(select: DlqSelect, to: Option<String>) -> anyhow::Result<dlq::Selection> {
+    Ok(dlq::Selection {
+        reasons: select.reasons,
+        since_us: select
+            .since
+            .as_deref()
+            .map(|t| micros("since", t))
+            .transpose()?,
+        until_us: to.as_deref().map(|t| micros("to", t)).transpose()?,
+    })
+}
+
+fn format_us(us: Option<i64>) -> String {
+    us.and_then(|us| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok())
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// `dlq inspect` and `dlq replay`: `[kafka]` from the config. Exit 0, or 2 when they could
+/// not run.
+async fn dlq_command(source: &ConfigSource, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let kafka: KafkaConfig = source.section("kafka")?;
+    match command {
+        DlqCommand::Inspect { select, json } => {
+            let letters = dlq::read_dead_letters(&kafka, &selection(select, None)?).await?;
+            let mut out = String::new();
+            let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
+            for letter in &letters {
+                *by_reason
+                    .entry(letter.reason.clone().unwrap_or_else(|| "(none)".to_owned()))
+                    .or_default() += 1;
+                if json {
+                    out.push_str(&serde_json::to_string(letter)?);
+                    out.push('\n');
+                    continue;
+                }
+                let source = match letter.source() {
+                    Some((topic, partition, offset)) => format!("{topic}/{partition}/{offset}"),
+                    None => "(no source headers: not replayable)".to_owned(),
+                };
+                out.push_str(&format!(
+                    "{}  {}  reason={}  source={}  bytes={}\n    error: {}\n",
+                    letter.id(),
+                    format_us(letter.time_us),
+                    letter.reason.as_deref().unwrap_or("-"),
+                    source,
+                    letter.value_bytes,
+                    letter.error.as_deref().unwrap_or("-"),
+                ));
+            }
+            if !json {
+                let summary: Vec<String> = by_reason
+                    .iter()
+                    .map(|(reason, count)| format!("{reason}: {count}"))
+                    .collect();
+                out.push_str(&format!(
+                    "{} dead letter(s){}{}\n",
+                    letters.len(),
+                    if summary.is_empty() { "" } else { " — " },
+                    summary.join(", ")
+                ));
+            }
+            print(&out)?;
+        }
+        DlqCommand::Replay {
+            select,
+            to,
+            dry_run,
+        } => {
+            let options = dlq::ReplayOptions {
+                selection: selection(select, to)?,
+                dry_run,
+            };
+            let report = dlq::replay(&kafka, &options).await?;
+            let mut out = String::new();
+            for (id, target) in &report.replayed {
+                out.push_str(&format!("replayed {id} -> {target}\n"));
+            }
+            for id in &report.would_replay {
+                out.push_str(&format!("would replay {id}\n"));
+            }
+            for id in &report.recovered {
+                out.push_str(&format!(
+                    "already replayed {id} (found its copy; marked done)\n"
+                ));
+            }
+            for id in &report.malformed {
+                out.push_str(&format!("skipped {id}: no source headers\n"));
+            }
+            out.push_str(&format!(
+                "{} replayed, {} would be replayed, {} already replayed earlier, {} recovered, {} not replayable\n",
+                report.replayed.len(),
+                report.would_replay.len(),
+                report.already_replayed.len(),
+                report.recovered.len(),
+                report.malformed.len()
+            ));
+            print(&out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn store(settings: &ArchiveSettings) -> anyhow::Result<ArchiveStore> {
