@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ledgerline_schemas::topics::DLQ_TOPIC;
 use ledgerline_service::kafka::{ensure_topics, KafkaConfig, NewTopics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -151,6 +152,27 @@ async fn copy_exists(
     .map_err(|error| DlqError::Task(error.to_string()))?
 }
 
+/// How many replicas the dead-letter topic's partitions have (1 when it cannot be told).
+async fn replication_of_dlq(kafka: &KafkaConfig) -> Result<i32, DlqError> {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka
+            .consumer_config(&[("group.id", "ledgerline-dlq-tools".to_owned())])
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(DLQ_TOPIC), SEND_TIMEOUT)?;
+        let replicas = metadata
+            .topics()
+            .iter()
+            .filter(|topic| topic.name() == DLQ_TOPIC)
+            .flat_map(|topic| topic.partitions().iter().map(|p| p.replicas().len()))
+            .max()
+            .unwrap_or(1);
+        Ok(i32::try_from(replicas).unwrap_or(1).max(1))
+    })
+    .await
+    .map_err(|error| DlqError::Task(error.to_string()))?
+}
+
 async fn mark(producer: &FutureProducer, id: &str, marker: &Marker) -> Result<(), DlqError> {
     let value = serde_json::to_vec(marker).map_err(|error| DlqError::Task(error.to_string()))?;
     producer
@@ -171,8 +193,9 @@ pub async fn replay(
     let letters = read_dead_letters(kafka, &options.selection).await?;
     let mut report = ReplayReport::default();
     if !options.dry_run {
-        // One partition: progress is small, and one partition keeps it in one order.
-        let layout = NewTopics::new(1, 1)
+        // One partition: progress is small, and one partition keeps it in one order. As many
+        // replicas as the dead-letter topic has: the cluster's choice, with no setting here.
+        let layout = NewTopics::new(1, replication_of_dlq(kafka).await?)
             .config("cleanup.policy", "compact")
             .timeout(SEND_TIMEOUT);
         ensure_topics(&kafka.client_config(), &[PROGRESS_TOPIC], &layout).await?;
