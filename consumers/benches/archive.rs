@@ -266,6 +266,7 @@ async fn main() {
         password: server.password().into(),
         database: database.to_owned(),
         compression: ClickHouseCompression::None,
+        cluster: None,
     };
     let admin = server.client();
     let kafka = KafkaConfig {

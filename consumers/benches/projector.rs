@@ -375,6 +375,7 @@ async fn main() {
         password: server.password().into(),
         database: database.to_owned(),
         compression,
+        cluster: None,
     };
 
     let produced = fill(&broker, &codec, count).await;

@@ -28,14 +28,49 @@ REGISTRY_PORT=8081
 PROJECTOR_PORT=9101
 ARCHIVE_PORT=9102
 API_PORT=8080
+PROMETHEUS_PORT=9090
+ALERTMANAGER_PORT=9093
 
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
 # unused), and Debian's ClickHouse 18.16.
 APT_PACKAGES=(cmake libcurl4-openssl-dev zlib1g-dev libzstd-dev libssl-dev libsasl2-dev
   clickhouse-server clickhouse-client curl
-  chromium chromium-driver)
+  chromium chromium-driver
+  prometheus prometheus-alertmanager zookeeper docker-compose)
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Steps of a long script, each announced with how long it took the last time on this machine
+# (or an estimate, the first time), and timed: `step KEY "what it does" "first-time estimate"`.
+# The measured seconds go to $CACHE_DIR/step-timings (one `KEY SECONDS` line per step).
+STEP_TIMINGS="$CACHE_DIR/step-timings"
+STEP_NUMBER=0
+STEP_TOTAL="${STEP_TOTAL:-0}"
+STEP_KEY=""
+STEP_STARTED=0
+step_done() {
+  [[ -n "$STEP_KEY" ]] || return 0
+  local took=$((SECONDS - STEP_STARTED)) rest=""
+  mkdir -p "$CACHE_DIR"
+  [[ -f "$STEP_TIMINGS" ]] && rest="$(grep -v "^$STEP_KEY " "$STEP_TIMINGS" || true)"
+  printf '%s\n%s %s\n' "$rest" "$STEP_KEY" "$took" | sed '/^$/d' >"$STEP_TIMINGS.new"
+  mv "$STEP_TIMINGS.new" "$STEP_TIMINGS"
+  ((took < 2)) || log "    done in ${took}s"
+  STEP_KEY=""
+}
+step() {
+  local key="$1" what="$2" estimate="$3" last
+  step_done
+  STEP_NUMBER=$((STEP_NUMBER + 1))
+  last=""
+  [[ -f "$STEP_TIMINGS" ]] && last="$(sed -n "s/^$key //p" "$STEP_TIMINGS" | head -1)"
+  if [[ -n "$last" ]]; then
+    estimate="took ${last}s last time"
+  fi
+  log "[$STEP_NUMBER/$STEP_TOTAL] $what ($estimate)"
+  STEP_KEY="$key"
+  STEP_STARTED=$SECONDS
+}
 die() { log "error: $*"; exit 1; }
 
 # start_time PID -> prints the process's start time (clock ticks since boot, field 22 of
@@ -132,6 +167,24 @@ api_healthy() {
 
 registry_healthy() {
   curl -fsS "http://127.0.0.1:$REGISTRY_PORT/health" >/dev/null 2>&1
+}
+
+prometheus_healthy() {
+  curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null 2>&1
+}
+
+alertmanager_healthy() {
+  curl -fsS "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready" >/dev/null 2>&1
+}
+
+# metric_sum URL NAME -> prints the sum of every series of NAME in the Prometheus text at URL
+# (0 when there is none; nothing when URL does not answer).
+metric_sum() {
+  local text
+  text="$(curl -fsS --max-time 3 "$1" 2>/dev/null)" || return 1
+  awk -v name="$2" '
+    $1 == name || index($1, name "{") == 1 { sum += $NF }
+    END { printf "%d\n", sum }' <<<"$text"
 }
 
 clickhouse_healthy() {

@@ -1,9 +1,12 @@
 //! `demo`: a realistic mixed workload for the local stack (`deploy/local/up` runs it as the
 //! sample traffic).
 //!
-//! Jobs move through QUEUED → RUNNING (progress) → COMPLETED or FAILED while devices connect,
-//! authenticate and stream session output; users sign in (some fail); services log. The mix is
-//! deterministic for a given `--seed`.
+//! Jobs move through QUEUED → RUNNING (progress) → COMPLETED or FAILED (most of them on a device,
+//! whose connection and session lines carry the job id); operators open SSH sessions to devices
+//! (connect, authenticate, commands with their input and output lines, disconnect; a few are
+//! rejected or time out); users sign in (some fail, some from outside), administrators grant and
+//! revoke roles, and a viewer is denied a change; services log, with warnings and errors. The
+//! mix is deterministic for a given `--seed`.
 //!
 //! `cargo run -p ledgerline-producer --example demo -- --rate 50 --count 1000 --seed 7`
 //! (`--count 0` runs until SIGTERM or Ctrl-C, then flushes; `--rate 0` publishes as fast as the
@@ -50,150 +53,389 @@ impl Rng {
 }
 
 const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin"];
+const ROLES: &[&str] = &["operator", "viewer", "network-admin"];
 const DEVICES: &[(&str, &str)] = &[
     ("dev-core-1", "core router 1"),
     ("dev-core-2", "core router 2"),
     ("dev-edge-7", "edge switch 7"),
     ("dev-fw-3", "firewall 3"),
 ];
+const JOB_KINDS: &[(&str, &str)] = &[
+    ("backup", "Configuration backup"),
+    ("firmware", "Firmware upgrade"),
+    ("compliance", "Compliance scan"),
+];
+/// What an operator types into a device session, and what the device answers.
+const COMMANDS: &[(&str, &str)] = &[
+    ("show version", "JUNOS 22.4R1.10 built 2023-01-12\n"),
+    (
+        "show interfaces terse",
+        "ge-0/0/0  up  up\nge-0/0/1  up  down\n",
+    ),
+    (
+        "show configuration | display set",
+        "set system host-name core-1\nset interfaces ge-0/0/0 unit 0\n",
+    ),
+    (
+        "ping 192.0.2.1 count 3",
+        "3 packets transmitted, 3 received\n",
+    ),
+];
 
 struct Job {
     id: String,
+    kind: (&'static str, &'static str),
     progress: u8,
+    /// The device session this job drives, if any: its connection and session lines carry
+    /// the job id, so a job's page shows them.
+    device: Option<usize>,
 }
 
-async fn one(ledger: &Ledger, rng: &mut Rng, jobs: &mut Vec<Job>, n: u64) -> anyhow::Result<()> {
+/// An open device session: connect → authenticate → commands (each an input line and an
+/// output line) → disconnect, with one `session_id` attribute on all of them.
+struct DeviceSession {
+    device: usize,
+    session_id: String,
+    job_id: Option<String>,
+    commands_left: u8,
+    authenticated: bool,
+}
+
+#[derive(Default)]
+struct World {
+    jobs: Vec<Job>,
+    sessions: Vec<DeviceSession>,
+}
+
+fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
+    items[rng.below(items.len() as u64) as usize]
+}
+
+/// One event of the workload: roughly 35 % device sessions, 30 % jobs, 20 % sign-ins and
+/// permission changes, 15 % service logs (a few warnings and errors).
+async fn one(ledger: &Ledger, rng: &mut Rng, world: &mut World, n: u64) -> anyhow::Result<()> {
     let roll = rng.below(100);
-    if roll < 45 {
-        if jobs.len() < 5 && rng.below(4) == 0 {
-            let id = format!("job-{n}");
+    if roll < 35 {
+        session_step(ledger, rng, world, n).await
+    } else if roll < 65 {
+        job_step(ledger, rng, world, n).await
+    } else if roll < 85 {
+        audit_event(ledger, rng, n).await
+    } else {
+        system_event(ledger, rng).await
+    }
+}
+
+async fn job_step(ledger: &Ledger, rng: &mut Rng, world: &mut World, n: u64) -> anyhow::Result<()> {
+    if world.jobs.len() < 4 && (world.jobs.is_empty() || rng.below(4) == 0) {
+        let kind = pick(rng, JOB_KINDS);
+        let id = format!("job-{n}");
+        ledger
+            .job("job.queued", &id, kind.0, kind.1, JobStatus::Queued)
+            .message(format!("{} queued", kind.1))
+            .details(serde_json::json!({"requested_by": pick(rng, USERS)}))
+            .publish()
+            .await?;
+        // Most jobs work on a device: they open a session of their own.
+        let device = (rng.below(3) != 0).then(|| rng.below(DEVICES.len() as u64) as usize);
+        if let Some(device) = device {
+            world.sessions.push(DeviceSession {
+                device,
+                session_id: format!("s-{n}"),
+                job_id: Some(id.clone()),
+                commands_left: 2 + rng.below(3) as u8,
+                authenticated: false,
+            });
+        }
+        world.jobs.push(Job {
+            id,
+            kind,
+            progress: 0,
+            device,
+        });
+        return Ok(());
+    }
+    let index = rng.below(world.jobs.len() as u64) as usize;
+    let job = &mut world.jobs[index];
+    job.progress = (job.progress + 10 + rng.below(20) as u8).min(100);
+    let (kind, label) = job.kind;
+    let mut draft = match job.progress {
+        100 if rng.below(6) == 0 => {
+            let device = job.device.map_or("the scheduler", |d| DEVICES[d].1);
             ledger
-                .job(
-                    "job.queued",
-                    &id,
-                    "backup",
-                    "Configuration backup",
-                    JobStatus::Queued,
+                .job("job.failed", &job.id, kind, label, JobStatus::Failed)
+                .level(Level::Error)
+                .message(format!("{label} failed: {device} did not answer in 30 s"))
+        }
+        100 => ledger
+            .job("job.completed", &job.id, kind, label, JobStatus::Completed)
+            .message(format!("{label} completed")),
+        p => ledger
+            .job("job.progress", &job.id, kind, label, JobStatus::Running)
+            .message(format!("{label} {p}% done")),
+    };
+    draft = draft.progress(job.progress);
+    draft.publish().await?;
+    if job.progress == 100 {
+        world.jobs.swap_remove(index);
+    }
+    Ok(())
+}
+
+async fn session_step(
+    ledger: &Ledger,
+    rng: &mut Rng,
+    world: &mut World,
+    n: u64,
+) -> anyhow::Result<()> {
+    if world.sessions.len() < 3 && (world.sessions.is_empty() || rng.below(5) == 0) {
+        // An operator opens an interactive session.
+        world.sessions.push(DeviceSession {
+            device: rng.below(DEVICES.len() as u64) as usize,
+            session_id: format!("s-{n}"),
+            job_id: None,
+            commands_left: 1 + rng.below(4) as u8,
+            authenticated: false,
+        });
+    }
+    let index = rng.below(world.sessions.len() as u64) as usize;
+    let session = &mut world.sessions[index];
+    let (device_id, device_name) = DEVICES[session.device];
+    let connection = |phase: ConnectionPhase, outcome: Outcome, message: String| {
+        let mut draft = ledger
+            .connection("device.connection", device_id, device_name, phase, outcome)
+            .attribute("session_id", session.session_id.clone())
+            .message(message);
+        if let Some(job_id) = &session.job_id {
+            draft = draft.job_id(job_id);
+        }
+        draft
+    };
+    if !session.authenticated {
+        connection(
+            ConnectionPhase::Connect,
+            Outcome::Success,
+            format!("{device_name}: connected over SSH"),
+        )
+        .duration(Duration::from_millis(20 + rng.below(200)))
+        .publish()
+        .await?;
+        let rejected = rng.below(10) == 0;
+        if rejected {
+            connection(
+                ConnectionPhase::Authenticate,
+                Outcome::Failure,
+                format!("{device_name}: authentication failed"),
+            )
+            .error("publickey rejected by the device")
+            .level(Level::Warn)
+            .publish()
+            .await?;
+            world.sessions.swap_remove(index);
+            return Ok(());
+        }
+        connection(
+            ConnectionPhase::Authenticate,
+            Outcome::Success,
+            format!("{device_name}: authenticated"),
+        )
+        .publish()
+        .await?;
+        session.authenticated = true;
+        return Ok(());
+    }
+    if session.commands_left == 0 {
+        connection(
+            ConnectionPhase::Disconnect,
+            Outcome::Success,
+            format!("{device_name}: disconnected"),
+        )
+        .publish()
+        .await?;
+        world.sessions.swap_remove(index);
+        return Ok(());
+    }
+    session.commands_left -= 1;
+    let (command, output) = pick(rng, COMMANDS);
+    let slow = rng.below(15) == 0;
+    let mut draft = connection(
+        ConnectionPhase::Command,
+        if slow {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+        format!("{device_name}: {command}"),
+    )
+    .duration(Duration::from_millis(if slow {
+        5_000
+    } else {
+        5 + rng.below(400)
+    }));
+    if slow {
+        draft = draft.error("command timed out").level(Level::Warn);
+    }
+    draft.publish().await?;
+    for (direction, data) in [
+        (Direction::Input, format!("{command}\n")),
+        (Direction::Output, output.to_owned()),
+    ] {
+        let mut line = ledger
+            .session(device_id, direction, &data)
+            .attribute("session_id", session.session_id.clone());
+        if let Some(job_id) = &session.job_id {
+            line = line.job_id(job_id);
+        }
+        line.publish().await?;
+    }
+    Ok(())
+}
+
+async fn audit_event(ledger: &Ledger, rng: &mut Rng, n: u64) -> anyhow::Result<()> {
+    let user = pick(rng, USERS);
+    let actor = |id: &str, ip: String| Actor {
+        id: id.to_owned(),
+        kind: "user".to_owned(),
+        ip,
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".to_owned()),
+    };
+    match rng.below(10) {
+        0..=5 => {
+            // Sign-ins: one in six fails; now and then someone guesses from outside.
+            let outsider = rng.below(12) == 0;
+            let ok = !outsider && rng.below(6) != 0;
+            let (who, ip) = if outsider {
+                ("admin", format!("203.0.113.{}", rng.below(250)))
+            } else {
+                (user, format!("192.0.2.{}", 10 + rng.below(40)))
+            };
+            let draft = ledger
+                .audit(
+                    if ok {
+                        "user.login.success"
+                    } else {
+                        "user.login.failure"
+                    },
+                    actor(who, ip),
+                    "login",
+                    if ok {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    },
+                    serde_json::json!({"method": if rng.below(3) == 0 { "sso" } else { "password" }}),
                 )
-                .message("Configuration backup queued")
+                .target("account", who);
+            if ok {
+                draft.message(format!("{who} signed in"))
+            } else {
+                draft
+                    .reason(if outsider {
+                        "unknown account"
+                    } else {
+                        "wrong password"
+                    })
+                    .level(Level::Warn)
+                    .message(format!("{who} failed to sign in"))
+            }
+            .publish()
+            .await?;
+        }
+        6..=8 => {
+            // An administrator changes someone's role.
+            let admin = pick(rng, &USERS[..2]);
+            let subject = pick(rng, USERS);
+            let role = pick(rng, ROLES);
+            let grant = rng.below(3) != 0;
+            ledger
+                .audit(
+                    if grant {
+                        "user.permission.granted"
+                    } else {
+                        "user.permission.revoked"
+                    },
+                    actor(admin, format!("192.0.2.{}", 10 + rng.below(40))),
+                    if grant { "grant_role" } else { "revoke_role" },
+                    Outcome::Success,
+                    serde_json::json!({"role": role, "ticket": format!("CHG-{}", 1000 + n % 9000)}),
+                )
+                .target("user", subject)
+                .message(format!(
+                    "{admin} {} {role} {} {subject}",
+                    if grant { "granted" } else { "revoked" },
+                    if grant { "to" } else { "from" }
+                ))
                 .publish()
                 .await?;
-            jobs.push(Job { id, progress: 0 });
-            return Ok(());
         }
-        let Some(index) = (!jobs.is_empty()).then(|| rng.below(jobs.len() as u64) as usize) else {
-            return Ok(());
-        };
-        let job = &mut jobs[index];
-        job.progress = (job.progress + 10 + rng.below(20) as u8).min(100);
-        let (name, status, message) = match job.progress {
-            100 if rng.below(10) == 0 => (
-                "job.failed",
-                JobStatus::Failed,
-                "Configuration backup failed".to_owned(),
-            ),
-            100 => (
-                "job.completed",
-                JobStatus::Completed,
-                "Configuration backup completed".to_owned(),
-            ),
-            p => (
-                "job.progress",
-                JobStatus::Running,
-                format!("Configuration backup {p}% done"),
-            ),
-        };
-        ledger
-            .job(name, &job.id, "backup", "Configuration backup", status)
-            .progress(job.progress)
-            .message(message)
-            .publish()
-            .await?;
-        if job.progress == 100 {
-            jobs.swap_remove(index);
+        _ => {
+            // A denied change: a viewer tries to edit a device's configuration.
+            let device = pick(rng, DEVICES).0;
+            ledger
+                .audit(
+                    "device.config.change",
+                    actor(user, format!("192.0.2.{}", 10 + rng.below(40))),
+                    "edit_config",
+                    Outcome::Denied,
+                    serde_json::json!({"section": "interfaces"}),
+                )
+                .target("device", device)
+                .reason("role viewer may not edit configuration")
+                .level(Level::Warn)
+                .message(format!(
+                    "{user} was denied a configuration change on {device}"
+                ))
+                .publish()
+                .await?;
         }
-    } else if roll < 65 {
-        let (device_id, device_name) = DEVICES[rng.below(DEVICES.len() as u64) as usize];
-        let phases = [
-            ConnectionPhase::Connect,
-            ConnectionPhase::Authenticate,
-            ConnectionPhase::Command,
-            ConnectionPhase::Disconnect,
-        ];
-        let phase = phases[rng.below(phases.len() as u64) as usize];
-        let failed = rng.below(12) == 0;
-        let mut draft = ledger
-            .connection(
-                "device.connection",
-                device_id,
-                device_name,
-                phase,
-                if failed {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                },
-            )
-            .duration(Duration::from_millis(5 + rng.below(400)))
-            .message(format!("{device_name}: {phase:?}"));
-        if failed {
-            draft = draft.error("connection timed out").level(Level::Warn);
+    }
+    Ok(())
+}
+
+async fn system_event(ledger: &Ledger, rng: &mut Rng) -> anyhow::Result<()> {
+    match rng.below(20) {
+        0..=13 => {
+            ledger
+                .system(
+                    "service.heartbeat",
+                    Level::Info,
+                    "demo::scheduler",
+                    "Scheduler tick",
+                )
+                .field("queue_depth", rng.below(50).to_string())
+                .publish()
+                .await?
         }
-        draft.publish().await?;
-    } else if roll < 80 {
-        let level = if rng.below(8) == 0 {
-            Level::Warn
-        } else {
-            Level::Info
-        };
-        ledger
-            .system(
-                "service.heartbeat",
-                level,
-                "demo::scheduler",
-                "Scheduler tick",
-            )
-            .field("queue_depth", rng.below(50).to_string())
-            .publish()
-            .await?;
-    } else if roll < 93 {
-        let user = USERS[rng.below(USERS.len() as u64) as usize];
-        let ok = rng.below(6) != 0;
-        let actor = Actor {
-            id: user.to_owned(),
-            kind: "user".to_owned(),
-            ip: format!("192.0.2.{}", 10 + rng.below(40)),
-            user_agent: Some("Mozilla/5.0".to_owned()),
-        };
-        ledger
-            .audit(
-                if ok {
-                    "user.login.success"
-                } else {
-                    "user.login.failure"
-                },
-                actor,
-                "login",
-                if ok {
-                    Outcome::Success
-                } else {
-                    Outcome::Failure
-                },
-                serde_json::json!({"method": "password"}),
-            )
-            .message(if ok {
-                format!("{user} signed in")
-            } else {
-                format!("{user} failed to sign in")
-            })
-            .publish()
-            .await?;
-    } else {
-        let (device_id, _) = DEVICES[rng.below(DEVICES.len() as u64) as usize];
-        ledger
-            .session(device_id, Direction::Output, "interface ge-0/0/1 up\n")
-            .publish()
-            .await?;
+        14..=17 => {
+            let used = 80 + rng.below(15);
+            ledger
+                .system(
+                    "storage.disk_usage",
+                    Level::Warn,
+                    "demo::storage",
+                    &format!("Backup volume {used}% full"),
+                )
+                .field("volume", "/var/backups")
+                .field("used_percent", used.to_string())
+                .publish()
+                .await?
+        }
+        _ => {
+            let error = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "inventory service did not answer within 10 s",
+            );
+            ledger
+                .system(
+                    "inventory.sync_failed",
+                    Level::Error,
+                    "demo::inventory",
+                    "Device inventory sync failed; retrying in 60 s",
+                )
+                .error(&error)
+                .publish()
+                .await?
+        }
     }
     Ok(())
 }
@@ -213,7 +455,7 @@ async fn main() -> anyhow::Result<()> {
         .context("failed to start the producer")?;
 
     let mut rng = Rng(args.seed.max(1));
-    let mut jobs = Vec::new();
+    let mut world = World::default();
     let started = Instant::now();
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut n = 0u64;
@@ -222,7 +464,7 @@ async fn main() -> anyhow::Result<()> {
     while args.count == 0 || n < args.count {
         tokio::select! {
             () = stop.cancelled() => break,
-            result = one(&ledger, &mut rng, &mut jobs, n) => result?,
+            result = one(&ledger, &mut rng, &mut world, n) => result?,
         }
         n += 1;
         if let Some(interval) = interval {

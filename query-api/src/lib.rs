@@ -112,6 +112,12 @@ pub fn build_state(
     }
     let limits = api.limits.read_limits();
     let events = EventReader::new(api.clickhouse.client(), &api.clickhouse.database, limits)?;
+    // On a cluster, read every shard through the projector's Distributed tables.
+    let events = if api.clickhouse.cluster.is_some() {
+        events.distributed()
+    } else {
+        events
+    };
     let audit_client = api.audit_clickhouse.client();
     let audit = AuditReader::new(audit_client.clone(), &api.audit_clickhouse.database, limits)?;
     let archive = ArchiveStore::new(audit_client, &api.audit_clickhouse.database)?;

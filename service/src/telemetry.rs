@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -90,6 +90,16 @@ pub fn init_tracing(config: &TelemetryConfig) -> std::result::Result<(), Telemet
     result.map_err(|_| TelemetryError::AlreadyInitialised)
 }
 
+/// Latency buckets (seconds): 1 ms to 30 s, for inserts, API requests and the like.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Size buckets (rows per insert and the like): 1 to 100 000.
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 10.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0,
+];
+
 static PROMETHEUS: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once) and returns the handle `/metrics`
@@ -98,7 +108,19 @@ static PROMETHEUS: OnceLock<std::result::Result<PrometheusHandle, String>> = Onc
 pub fn prometheus() -> std::result::Result<PrometheusHandle, TelemetryError> {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Histograms, not the builder's default summaries: buckets can be summed across
+            // replicas and give any quantile in PromQL (`histogram_quantile`), which the
+            // dashboards and alert rules in deploy/ rely on.
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Suffix("_events".to_owned()),
+                        COUNT_BUCKETS,
+                    )
+                })
+                .map_err(|error| format!("bad histogram buckets: {error}"))?
+                .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map(|()| handle)

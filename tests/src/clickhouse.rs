@@ -24,10 +24,34 @@ pub const ADMIN: &str = "default";
 /// The Ledgerline roles that have a ClickHouse user.
 pub const ROLES: [&str; 4] = ["projector", "archiver", "api", "auditor"];
 
+/// The ports of a server that must be known before it starts: a cluster's configuration lists
+/// every member's.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub http: u16,
+    pub tcp: u16,
+    /// Where replicas fetch parts from each other.
+    pub interserver: u16,
+}
+
+impl Ports {
+    pub fn free() -> Result<Self> {
+        Ok(Self {
+            http: process::free_port()?,
+            tcp: process::free_port()?,
+            interserver: process::free_port()?,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct ClickHouseServer {
     http_port: u16,
     tcp_port: u16,
+    interserver_port: u16,
+    /// Written to `config.d/extra.xml`, which ClickHouse merges into the main config: a
+    /// replica's cluster, ZooKeeper and macros.
+    extra_config: Option<String>,
     /// Random per server, and the password of every user on it: [`ADMIN`] and the [`ROLES`].
     password: String,
     dir: tempfile::TempDir,
@@ -42,6 +66,8 @@ impl ClickHouseServer {
         let mut server = Self {
             http_port: process::free_port()?,
             tcp_port: process::free_port()?,
+            interserver_port: process::free_port()?,
+            extra_config: None,
             password: names::unique("pw"),
             dir,
             binary,
@@ -61,9 +87,32 @@ impl ClickHouseServer {
         }
     }
 
+    /// A server on `ports` with `password` for every user and `extra_config` (a `<yandex>`
+    /// document) merged into its configuration: a member of a cluster. No retry on another
+    /// port, since the other members' configurations name these.
+    pub fn start_with(ports: Ports, password: &str, extra_config: String) -> Result<Self> {
+        let mut server = Self {
+            http_port: ports.http,
+            tcp_port: ports.tcp,
+            interserver_port: ports.interserver,
+            extra_config: Some(extra_config),
+            password: password.to_owned(),
+            dir: process::scratch_dir("clickhouse-")?,
+            binary: clickhouse_binary()?,
+            process: None,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The native protocol's port (what a cluster's `remote_servers` name).
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
     }
 
     /// The password of [`ADMIN`] and of every role's user (see [`ROLES`]): one per server.
@@ -125,6 +174,11 @@ impl ClickHouseServer {
             users = users.replace(&marker, &self.password);
         }
         std::fs::write(dir.join("config.xml"), config)?;
+        if let Some(extra) = &self.extra_config {
+            std::fs::create_dir_all(dir.join("config.d"))?;
+            let extra = extra.replace("@INTERSERVER_PORT@", &self.interserver_port.to_string());
+            std::fs::write(dir.join("config.d").join("extra.xml"), extra)?;
+        }
         std::fs::write(dir.join("users.xml"), users)?;
         let mut command = Command::new(&self.binary);
         command.current_dir(dir).arg(format!(

@@ -16,12 +16,16 @@
 
 use std::sync::OnceLock;
 
+pub mod binaries;
 pub mod broker;
 pub mod chromedriver;
 pub mod clickhouse;
 pub mod names;
 pub mod process;
+pub mod prometheus;
 pub mod registry;
+pub mod services;
+pub mod zookeeper;
 
 pub use broker::{Broker, BrokerStorage};
 pub use chromedriver::ChromeDriver;

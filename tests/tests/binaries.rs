@@ -8,21 +8,15 @@
 //! directory, with every other `LEDGERLINE_*` variable, `RUST_LOG` and `RUST_BACKTRACE`
 //! removed, so nothing from the developer's shell or the harness reaches the binary.
 //!
-//! How the binaries are found: they belong to other packages, whose `CARGO_BIN_EXE_*` this
-//! package cannot see, and `cargo test -p ledgerline-tests` does not build them. So the first
-//! test to need one runs `cargo build` for all three (the cargo running the tests, with the
-//! target directory and profile this test binary was built with) and takes them from that
-//! profile's directory. Building every time also means a stale binary from an earlier build
-//! is never the one tested; when nothing changed it takes about a second.
+//! The binaries are built and found by [`ledgerline_tests::binaries`].
 
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ledgerline_tests::binaries::binary;
 use ledgerline_tests::process::{self, ManagedChild};
 use ledgerline_tests::{names, Harness};
 
@@ -36,74 +30,6 @@ const CONFIG_ERROR_BOUND: Duration = Duration::from_secs(30);
 /// An unreachable broker must end the process by itself, however the binary waits for it
 /// (admin timeouts are 10 s); longer than this is a process that retries forever.
 const UNREACHABLE_BROKER_BOUND: Duration = Duration::from_secs(60);
-
-/// `(package, binary)` for every binary under test, built together.
-const BINARIES: &[(&str, &str)] = &[
-    ("ledgerline-registry", "ledgerline-registry"),
-    ("ledgerline-service", "ledgerline-admin"),
-    ("ledgerline-consumers", "ledgerline-consumer"),
-    ("ledgerline-query-api", "ledgerline-api"),
-];
-
-/// Builds [`BINARIES`] once per test process and returns the directory that holds them.
-fn binary_dir() -> &'static Path {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = DIR.get_or_init(|| {
-        // This test runs as `<target dir>/<profile dir>/deps/binaries-<hash>`.
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or_else(|| format!("unexpected test binary path {}", exe.display()))?;
-        let target_dir = profile_dir
-            .parent()
-            .ok_or_else(|| format!("unexpected test binary path {}", exe.display()))?;
-        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-            Some("debug") => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-            None => return Err(format!("no profile directory in {}", exe.display())),
-        };
-        let cargo = std::env::var_os("CARGO")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("cargo"));
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or("no workspace directory")?;
-        let mut command = Command::new(&cargo);
-        command
-            .current_dir(workspace)
-            .arg("build")
-            .arg("--quiet")
-            .arg("--profile")
-            .arg(&profile)
-            .arg("--target-dir")
-            .arg(target_dir);
-        for (package, binary) in BINARIES {
-            command.args(["-p", package, "--bin", binary]);
-        }
-        let output = command
-            .output()
-            .map_err(|e| format!("failed to run {}: {e}", cargo.display()))?;
-        if !output.status.success() {
-            return Err(format!(
-                "{command:?} failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        Ok(profile_dir.to_owned())
-    });
-    match built {
-        Ok(dir) => dir,
-        Err(error) => panic!("could not build the binaries under test: {error}"),
-    }
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = binary_dir().join(name);
-    assert!(path.is_file(), "{} was not built", path.display());
-    path
-}
 
 /// How a run ended.
 struct Run {

@@ -6,14 +6,20 @@
 //! visible, since `verify` reports it as inserted rather than having a merge hide it. Hashes,
 //! roots and signatures are stored as lower-case hex, so a reviewer reading the tables by hand
 //! can compare them with `sha256sum`. The SQL runs on ClickHouse 18.16 and on current releases.
+//!
+//! On a cluster (`[archive.clickhouse] cluster`) both are `ReplicatedMergeTree`s. The archiver
+//! reads its chain heads from the server it writes to, and the query API reads the server it is
+//! given: one shard, every server a full replica, so either holds the whole archive once
+//! replication caught up.
 
-use crate::clickhouse::Migration;
+use crate::clickhouse::{Migration, OnCluster};
 
 /// Every migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "records and checkpoints",
     statements: &[RECORDS_V1, CHECKPOINTS_V1],
+    cluster: OnCluster::Same,
 }];
 
 /// One row per chain entry. `kind` is `event` (decoded), `undecodable` (bytes kept, with the

@@ -26,7 +26,7 @@ use super::row::{
 use super::schema::MIGRATIONS;
 use super::store::ArchiveStore;
 use crate::clickhouse::{
-    insert_rows, migrate, ClickHouseConfig, ClickHouseError, FailureKind, Result,
+    insert_rows, migrate_on, ClickHouseConfig, ClickHouseError, FailureKind, Result,
 };
 use crate::runtime::{
     Ownership, PartitionBatch, Positions, Record, Sink, SinkError, TopicPartition,
@@ -128,7 +128,7 @@ impl ArchiveSink {
         cadence: Cadence,
     ) -> Result<Self> {
         let client = config.client();
-        let applied = migrate(&client, &config.database, MIGRATIONS).await?;
+        let applied = migrate_on(&client, &config.database, &config.layout(), MIGRATIONS).await?;
         if !applied.is_empty() {
             tracing::info!(database = %config.database, versions = ?applied, "applied clickhouse migrations");
         }
@@ -325,6 +325,14 @@ impl Sink for ArchiveSink {
     type Prepared = PreparedPartition;
     type Preparer = fn(&TopicPartition, Vec<Record>) -> PreparedPartition;
     const FENCED: bool = true;
+    // `sink_error` below: ClickHouse's kinds, a lost partition, and signing.
+    const ERROR_KINDS: &'static [&'static str] = &[
+        "transient",
+        "configuration",
+        "unexpected",
+        "fenced",
+        "signing",
+    ];
 
     fn preparer(&self) -> Self::Preparer {
         prepare

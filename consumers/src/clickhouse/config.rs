@@ -4,7 +4,7 @@ use ledgerline_service::config::{ConfigError, Result};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::migrate::validate_identifier;
+use super::migrate::{validate_identifier, Layout};
 
 /// Where a ClickHouse sink writes: its own server, user and database, in its own consumer
 /// section (`[projector.clickhouse]`, `[archiver.clickhouse]`).
@@ -27,6 +27,14 @@ pub struct ClickHouseConfig {
     /// costs both sides CPU (about 8% more insert throughput without it, measured in
     /// docs/benchmarks.md), so the local stack turns it off.
     pub compression: ClickHouseCompression,
+    /// The ClickHouse cluster (a `remote_servers` entry) the tables are replicated across;
+    /// unset for a single server. With a cluster, migrations run `ON CLUSTER` and create
+    /// `Replicated*MergeTree` tables (paths `/clickhouse/tables/{shard}/<database>/<table>`,
+    /// replica `{replica}`: each server's macros), plus a `Distributed` table per table the
+    /// query API reads (`events_all`, `job_status_all`), which it then reads instead. `url`
+    /// is then one of the cluster's servers (writes replicate from it). See
+    /// docs/operations.md#scaling.
+    pub cluster: Option<String>,
 }
 
 /// `compression` of a sink's `clickhouse` table.
@@ -46,6 +54,7 @@ impl Default for ClickHouseConfig {
             password: SecretString::default(),
             database: default_database(),
             compression: ClickHouseCompression::default(),
+            cluster: None,
         }
     }
 }
@@ -73,6 +82,7 @@ struct PartialClickHouseConfig {
     password: Option<SecretString>,
     database: Option<String>,
     compression: Option<ClickHouseCompression>,
+    cluster: Option<String>,
 }
 
 impl ClickHouseConfig {
@@ -100,6 +110,7 @@ impl ClickHouseConfig {
             password: partial.password.unwrap_or(defaults.password),
             database: partial.database.unwrap_or(defaults.database),
             compression: partial.compression.unwrap_or(defaults.compression),
+            cluster: partial.cluster.or(defaults.cluster),
         })
     }
 
@@ -130,7 +141,25 @@ impl ClickHouseConfig {
                 ),
             ));
         }
+        if let Some(cluster) = &self.cluster {
+            if validate_identifier(cluster).is_err() {
+                return Err(ConfigError::invalid_value(
+                    format!("{section}.cluster"),
+                    format!(
+                        "`{cluster}` must match ^[A-Za-z_][A-Za-z0-9_]*$ (it is written into SQL)"
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Where the tables live: one server, or replicated across `cluster`.
+    pub fn layout(&self) -> Layout {
+        match &self.cluster {
+            Some(cluster) => Layout::Cluster(cluster.clone()),
+            None => Layout::Single,
+        }
     }
 
     /// A client for this server and user. Row validation is off: the `clickhouse` crate's

@@ -32,6 +32,10 @@ pub enum ClickHouseError {
         column: &'static str,
         reason: String,
     },
+    /// Something this build cannot do in the configured layout (a migration statement that
+    /// has no cluster form).
+    #[error("{what}")]
+    Unsupported { what: String },
 }
 
 pub type Result<T, E = ClickHouseError> = std::result::Result<T, E>;
@@ -69,6 +73,9 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind's label, for [`crate::runtime::Sink::ERROR_KINDS`].
+    pub const LABELS: &'static [&'static str] = &["transient", "configuration", "unexpected"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Transient => "transient",
@@ -164,7 +171,7 @@ impl ClickHouseError {
     pub fn failure_kind(&self) -> FailureKind {
         match self {
             Self::Query { source, .. } => failure_kind(source),
-            Self::InvalidIdentifier(_) => FailureKind::Configuration,
+            Self::InvalidIdentifier(_) | Self::Unsupported { .. } => FailureKind::Configuration,
             Self::MixedInsert { .. } | Self::InvalidRow { .. } | Self::InsertTask(_) => {
                 FailureKind::Unexpected
             }
@@ -177,6 +184,17 @@ mod tests {
     use clickhouse::error::Error;
 
     use super::*;
+
+    #[test]
+    fn labels_name_every_kind() {
+        let kinds = [
+            FailureKind::Transient,
+            FailureKind::Configuration,
+            FailureKind::Unexpected,
+        ];
+        let labels: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
+        assert_eq!(labels, FailureKind::LABELS);
+    }
 
     #[test]
     fn codes_are_read_from_old_and_new_server_texts() {

@@ -17,4 +17,7 @@ pub use config::{ClickHouseCompression, ClickHouseConfig};
 pub use error::{failure_kind, ClickHouseError, FailureKind, Result};
 pub use health::sink_health;
 pub use insert::insert_rows;
-pub use migrate::{migrate, validate_identifier, Migration};
+pub use migrate::{
+    check_layouts, migrate, migrate_on, on_cluster, validate_identifier, Layout, Migration,
+    OnCluster,
+};

@@ -77,7 +77,8 @@
 //!
 //! `ledgerline_projector_inserted_total{category}`, `ledgerline_projector_insert_events
 //! {category}` (rows per insert) and `ledgerline_projector_insert_seconds{category}` (one
-//! partition's `job_status` and `events` inserts), besides the runtime's consumed, written,
+//! partition's `job_status` and `events` inserts), `ledgerline_projector_events_by_level_total
+//! {category,level}`, besides the runtime's consumed, written,
 //! rejected, sink-error and lag metrics (`consumer="projector"`).
 //!
 //! The Kafka side (group, decode, batch, commit, dead-letter, retry, rebalances, shutdown) is

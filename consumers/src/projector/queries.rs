@@ -654,6 +654,8 @@ pub struct EventReader {
     client: clickhouse::Client,
     database: String,
     events: Source,
+    /// `<database>.job_status`, or its `Distributed` table on a cluster.
+    job_status: String,
 }
 
 impl std::fmt::Debug for EventReader {
@@ -681,8 +683,19 @@ impl EventReader {
                 column: events_column,
                 hides_categories: true,
             },
+            job_status: format!("{database}.job_status"),
             database,
         })
+    }
+
+    /// Reads the `Distributed` tables a cluster has (`events_all`, `job_status_all`, made by
+    /// the projector's migrations with `[projector.clickhouse] cluster`) rather than the server's
+    /// own replicas: every shard's rows, from whichever replica of each answers.
+    #[must_use]
+    pub fn distributed(mut self) -> Self {
+        self.events.table = format!("{}.events_all", self.database);
+        self.job_status = format!("{}.job_status_all", self.database);
+        self
     }
 
     pub fn database(&self) -> &str {
@@ -940,25 +953,22 @@ impl EventReader {
     /// Up to `limit` jobs with their latest state, most recently changed first; with
     /// `status`, only jobs whose latest state is that status.
     pub async fn jobs(&self, status: Option<JobStatus>, limit: u64) -> Result<Vec<JobState>> {
-        let rows: Vec<JobStatusRow> =
-            self.jobs_query(status, limit)
-                .fetch_all()
-                .await
-                .map_err(query_failed(format!(
-                    "list of {}.job_status",
-                    self.database
-                )))?;
+        let rows: Vec<JobStatusRow> = self
+            .jobs_query(status, limit)
+            .fetch_all()
+            .await
+            .map_err(query_failed(format!("list of {}", self.job_status)))?;
         rows.into_iter().map(job_state).collect()
     }
 
     fn jobs_query(&self, status: Option<JobStatus>, limit: u64) -> Query {
-        let database = &self.database;
+        let job_status = &self.job_status;
         // The status filter applies after picking each job's latest row: a job that was once
         // QUEUED and is now RUNNING must not be listed as QUEUED.
         let status_condition = if status.is_some() { "status = ?" } else { "1" };
         let query = self.client.query(&format!(
             "SELECT ?fields FROM (\
-                 SELECT * FROM {database}.job_status \
+                 SELECT * FROM {job_status} \
                  ORDER BY job_id, occurred_at_us DESC, `offset` DESC LIMIT 1 BY job_id\
              ) WHERE {status_condition} ORDER BY occurred_at_us DESC, job_id LIMIT ?"
         ));
@@ -972,17 +982,17 @@ impl EventReader {
     /// The latest state of `job_id`: the row of its latest event (by `occurred_at_us`, then
     /// Kafka offset), or `None` for a job never seen.
     pub async fn job(&self, job_id: &str) -> Result<Option<JobState>> {
-        let database = &self.database;
+        let job_status = &self.job_status;
         let row: Option<JobStatusRow> = self
             .client
             .query(&format!(
-                "SELECT ?fields FROM {database}.job_status WHERE job_id = ? \
+                "SELECT ?fields FROM {job_status} WHERE job_id = ? \
                  ORDER BY occurred_at_us DESC, `offset` DESC LIMIT 1"
             ))
             .bind(job_id)
             .fetch_optional()
             .await
-            .map_err(query_failed(format!("read of {database}.job_status")))?;
+            .map_err(query_failed(format!("read of {job_status}")))?;
         row.map(job_state).transpose()
     }
 

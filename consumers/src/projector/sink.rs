@@ -17,7 +17,7 @@ use super::row::{into_event_row, job_status_row, EventRow, JobStatusRow};
 use super::schema::MIGRATIONS;
 use crate::clickhouse::error::query_failed;
 use crate::clickhouse::{
-    migrate, validate_identifier, ClickHouseConfig, ClickHouseError, FailureKind, Result,
+    migrate_on, validate_identifier, ClickHouseConfig, ClickHouseError, FailureKind, Result,
 };
 use crate::runtime::{PartitionBatch, Positions, Record, Sink, SinkError, TopicPartition};
 
@@ -41,7 +41,7 @@ impl ProjectorSink {
     /// Applies the projector's migrations.
     pub async fn start(config: &ClickHouseConfig) -> Result<Self> {
         let client = config.client();
-        let applied = migrate(&client, &config.database, MIGRATIONS).await?;
+        let applied = migrate_on(&client, &config.database, &config.layout(), MIGRATIONS).await?;
         if !applied.is_empty() {
             tracing::info!(database = %config.database, versions = ?applied, "applied clickhouse migrations");
         }
@@ -158,6 +158,19 @@ async fn write_partition(
         .record(insert.events.len() as f64);
     metrics::counter!("ledgerline_projector_inserted_total", "category" => category)
         .increment(insert.events.len() as u64);
+    // Events by level, for the dashboard's "events by level" and for alerting on a burst of
+    // errors without a ClickHouse query. Levels are a closed set, so the series stay few.
+    let mut by_level: Vec<(&str, u64)> = Vec::new();
+    for event in &insert.events {
+        match by_level.iter_mut().find(|(level, _)| *level == event.level) {
+            Some((_, count)) => *count += 1,
+            None => by_level.push((event.level.as_str(), 1)),
+        }
+    }
+    for (level, count) in by_level {
+        metrics::counter!("ledgerline_projector_events_by_level_total", "category" => category, "level" => level.to_owned())
+            .increment(count);
+    }
     Ok(())
 }
 
@@ -190,6 +203,7 @@ impl PartitionInsert {
 impl Sink for ProjectorSink {
     type Prepared = Arc<PartitionInsert>;
     type Preparer = fn(&TopicPartition, Vec<Record>) -> Arc<PartitionInsert>;
+    const ERROR_KINDS: &'static [&'static str] = FailureKind::LABELS;
 
     fn preparer(&self) -> Self::Preparer {
         prepare

@@ -170,6 +170,11 @@ pub async fn run<S: Sink>(
     }
     tracing::info!(consumer = %config.consumer, mode = ?config.mode, topics = ?config.topics, "consumer started");
 
+    for kind in S::ERROR_KINDS {
+        metrics::counter!("ledgerline_consumer_sink_errors_total", "consumer" => config.consumer.clone(), "kind" => *kind)
+            .increment(0);
+    }
+
     let rejoin = Arc::new(AtomicBool::new(false));
     let watch_stop = CancellationToken::new();
     let watch = tokio::spawn(status::watch(

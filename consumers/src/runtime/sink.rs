@@ -195,6 +195,12 @@ pub trait Sink: Send + 'static {
     /// two members, such as a hash chain per partition.
     const FENCED: bool = false;
 
+    /// Every `kind` its [`SinkError`]s can have. The runtime registers
+    /// `ledgerline_consumer_sink_errors_total{kind}` at 0 for each when it starts, so alert
+    /// rules and dashboards see a series from the first scrape rather than "no data" until the
+    /// first failure.
+    const ERROR_KINDS: &'static [&'static str] = &[];
+
     /// Called once, when the runtime starts.
     fn preparer(&self) -> Self::Preparer;
 

@@ -136,7 +136,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(queue_events: usize, slow_after: Duration) -> Self {
-        Self {
+        let hub = Self {
             state: Mutex::new(HubState::default()),
             current: Mutex::new(Arc::from(cursor::encode_live(&Positions::new()))),
             ready: AtomicBool::new(false),
@@ -146,7 +146,11 @@ impl Hub {
             started: Instant::now(),
             offered: metrics::counter!("ledgerline_stream_fanout_events_total"),
             dropped: metrics::counter!("ledgerline_stream_dropped_total", "reason" => "queue_full"),
-        }
+        };
+        // Counted by the sessions; registered here at 0 so dashboards and alert rules see the
+        // series before the first slow client.
+        metrics::counter!("ledgerline_stream_lagged_total").increment(0);
+        hub
     }
 
     pub fn is_ready(&self) -> bool {
@@ -395,6 +399,7 @@ fn prepare(partition: &TopicPartition, records: Vec<Record>) -> Prepared {
 impl Sink for FanoutSink {
     type Prepared = Prepared;
     type Preparer = fn(&TopicPartition, Vec<Record>) -> Prepared;
+    const ERROR_KINDS: &'static [&'static str] = &["watermarks"];
 
     fn preparer(&self) -> Self::Preparer {
         prepare
