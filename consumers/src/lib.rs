@@ -12,7 +12,8 @@
 //! - [`dlq`]: the dead-letter topic's operator tools, `inspect` and `replay` (once per record).
 //!
 //! The binary `ledgerline-consumer <consumer>` runs one consumer (`projector`, `archive`) or one
-//! of the archive's tools. The live fan-out arrives with its issue.
+//! of the archive's tools. The live fan-out is a consumer of this runtime too; it runs inside
+//! the query API (`ledgerline-query-api`'s `stream` module).
 
 pub mod archive;
 pub mod clickhouse;

@@ -34,7 +34,7 @@ ALERTMANAGER_PORT=9093
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
 # unused), and Debian's ClickHouse 18.16.
 APT_PACKAGES=(cmake libcurl4-openssl-dev zlib1g-dev libzstd-dev libssl-dev libsasl2-dev
-  clickhouse-server clickhouse-client curl
+  clickhouse-server clickhouse-client curl python3-venv
   chromium chromium-driver
   prometheus prometheus-alertmanager zookeeper docker-compose)
 

@@ -47,7 +47,7 @@ impl ZooKeeper {
             format!(
                 "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\n\
                  clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
-                 4lw.commands.whitelist=ruok\n",
+                 4lw.commands.whitelist=ruok,srvr\n",
                 dir.path().join("data").display()
             ),
         )?;
@@ -67,7 +67,7 @@ impl ZooKeeper {
         })?;
         let started = Instant::now();
         while started.elapsed() < READY_TIMEOUT && child.is_running() {
-            if ruok(port) {
+            if serving(port) {
                 return Ok(Self {
                     port,
                     _process: child,
@@ -89,15 +89,20 @@ impl ZooKeeper {
     }
 }
 
-/// ZooKeeper's `ruok` four-letter command: `imok` once it serves.
-fn ruok(port: u16) -> bool {
+/// Whether ZooKeeper serves clients: `ruok` answers `imok` as soon as the process runs, but
+/// sessions are refused until `srvr` reports its mode (`standalone` here).
+fn serving(port: u16) -> bool {
+    four_letters(port, "ruok").is_some_and(|answer| answer == "imok")
+        && four_letters(port, "srvr").is_some_and(|answer| answer.contains("Mode: standalone"))
+}
+
+/// A four-letter command's answer.
+fn four_letters(port: u16, command: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(command.as_bytes()).ok()?;
     let mut answer = String::new();
-    stream.write_all(b"ruok").is_ok()
-        && stream.read_to_string(&mut answer).is_ok()
-        && answer == "imok"
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
 }

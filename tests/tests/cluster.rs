@@ -61,6 +61,32 @@ fn replica_config(zookeeper: u16, replicas: &[Ports; 2], me: usize, password: &s
     )
 }
 
+/// Waits until `replica` has a ZooKeeper session. ClickHouse 18.16 connects in the background
+/// and was seen to crash (a null pointer in `zkutil::ZooKeeper::createImpl`) on an `ON CLUSTER`
+/// statement that came before the session. Production servers are long up when a projector
+/// starts; a test starts both within a second.
+fn wait_for_zookeeper_session(replica: &ClickHouseServer) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    loop {
+        let answer = runtime.block_on(
+            replica
+                .client()
+                .query("SELECT count() FROM system.zookeeper WHERE path = '/'")
+                .fetch_one::<u64>(),
+        );
+        match answer {
+            Ok(_) => return,
+            Err(error) => assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no ZooKeeper session: {error}\n{}",
+                ledgerline_tests::process::tail(&replica.log(), 20)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn projector_config(
     broker: &Broker,
     registry: &RegistryServer,
@@ -125,6 +151,9 @@ fn replicas_hold_every_event_once_through_a_replica_stop_and_a_projector_kill() 
             .unwrap()
         })
         .collect();
+    for replica in &replicas {
+        wait_for_zookeeper_session(replica);
+    }
     let broker = Broker::start(BrokerStorage::Sqlite).unwrap();
     let registry = RegistryServer::start(&broker.bootstrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,7 +191,12 @@ fn replicas_hold_every_event_once_through_a_replica_stop_and_a_projector_kill() 
                 &listen,
                 dir.path(),
             )
-            .unwrap()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "{name} did not start: {error}\nreplica {me} log:\n{}",
+                    ledgerline_tests::process::tail(&replicas[me].log(), 40)
+                )
+            })
         })
         .collect();
 

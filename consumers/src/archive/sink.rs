@@ -362,10 +362,10 @@ impl Sink for ArchiveSink {
         }
     }
 
-    /// Signs what is pending before letting a partition go (a rebalance, or a graceful
-    /// stop): the next owner starts a fresh segment, and an operator who stops the archiver
-    /// (before retention, say) leaves nothing unsigned behind. Still ours here: the group
-    /// waits for this callback.
+    /// Signs what is pending before letting a partition go in a rebalance: the next owner
+    /// starts a fresh segment. Still ours here: the group waits for this callback. (The
+    /// runtime does not call it when the process stops; the unsigned tail then waits for the
+    /// next run's checkpoint timer, docs/archive.md.)
     async fn on_revoke(&mut self, partitions: &[TopicPartition]) {
         for partition in partitions {
             let Some(mut chain) = self.chains.remove(partition) else {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::migrate::{validate_identifier, Layout};
 
 /// Where a ClickHouse sink writes: its own server, user and database, in its own consumer
-/// section (`[projector.clickhouse]`, `[archiver.clickhouse]`).
+/// section (`[projector.clickhouse]`, `[archive.clickhouse]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClickHouseConfig {

@@ -1,6 +1,6 @@
 //! How one consumer runs: [`RuntimeConfig`], built by each consumer in code, and
 //! [`ConsumerSettings`], the serde settings every consumer section of `ledgerline.toml`
-//! shares (flattened into `[projector]`, `[archiver]`, …).
+//! shares (flattened into `[projector]`, `[archive]`, …).
 
 use std::time::Duration;
 

@@ -76,7 +76,7 @@
 //! Tansu 0.6.0's coordinator left partitions without an owner.
 //!
 //! # Metrics
-//! Every series has a `consumer` label (`projector`, `archiver`, `fanout`):
+//! Every series has a `consumer` label (`projector`, `archive`, `fanout`):
 //! `ledgerline_consumer_consumed_total` (records read), `ledgerline_consumer_events_total
 //! {outcome="written"}` (taken by the sink), `ledgerline_consumer_rejected_total{reason,action}`
 //! (action `dead_lettered`, `skipped` or `delivered`), `ledgerline_consumer_fenced_total`
