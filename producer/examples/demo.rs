@@ -113,20 +113,26 @@ fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
 
 /// One event of the workload: roughly 35 % device sessions, 30 % jobs, 20 % sign-ins and
 /// permission changes, 15 % service logs (a few warnings and errors).
-async fn one(ledger: &Ledger, rng: &mut Rng, world: &mut World, n: u64) -> anyhow::Result<()> {
+/// Returns how many events it published (a device-session step publishes up to three).
+async fn one(ledger: &Ledger, rng: &mut Rng, world: &mut World, n: u64) -> anyhow::Result<u64> {
     let roll = rng.below(100);
     if roll < 35 {
         session_step(ledger, rng, world, n).await
     } else if roll < 65 {
         job_step(ledger, rng, world, n).await
     } else if roll < 85 {
-        audit_event(ledger, rng, n).await
+        audit_event(ledger, rng, n).await.map(|()| 1)
     } else {
-        system_event(ledger, rng).await
+        system_event(ledger, rng).await.map(|()| 1)
     }
 }
 
-async fn job_step(ledger: &Ledger, rng: &mut Rng, world: &mut World, n: u64) -> anyhow::Result<()> {
+async fn job_step(
+    ledger: &Ledger,
+    rng: &mut Rng,
+    world: &mut World,
+    n: u64,
+) -> anyhow::Result<u64> {
     if world.jobs.len() < 4 && (world.jobs.is_empty() || rng.below(4) == 0) {
         let kind = pick(rng, JOB_KINDS);
         let id = format!("job-{n}");
@@ -153,7 +159,7 @@ async fn job_step(ledger: &Ledger, rng: &mut Rng, world: &mut World, n: u64) -> 
             progress: 0,
             device,
         });
-        return Ok(());
+        return Ok(1);
     }
     let index = rng.below(world.jobs.len() as u64) as usize;
     let job = &mut world.jobs[index];
@@ -179,7 +185,7 @@ async fn job_step(ledger: &Ledger, rng: &mut Rng, world: &mut World, n: u64) -> 
     if job.progress == 100 {
         world.jobs.swap_remove(index);
     }
-    Ok(())
+    Ok(1)
 }
 
 async fn session_step(
@@ -187,7 +193,7 @@ async fn session_step(
     rng: &mut Rng,
     world: &mut World,
     n: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     if world.sessions.len() < 3 && (world.sessions.is_empty() || rng.below(5) == 0) {
         // An operator opens an interactive session.
         world.sessions.push(DeviceSession {
@@ -232,7 +238,7 @@ async fn session_step(
             .publish()
             .await?;
             world.sessions.swap_remove(index);
-            return Ok(());
+            return Ok(2);
         }
         connection(
             ConnectionPhase::Authenticate,
@@ -242,7 +248,7 @@ async fn session_step(
         .publish()
         .await?;
         session.authenticated = true;
-        return Ok(());
+        return Ok(2);
     }
     if session.commands_left == 0 {
         connection(
@@ -253,7 +259,7 @@ async fn session_step(
         .publish()
         .await?;
         world.sessions.swap_remove(index);
-        return Ok(());
+        return Ok(1);
     }
     session.commands_left -= 1;
     let (command, output) = pick(rng, COMMANDS);
@@ -288,7 +294,7 @@ async fn session_step(
         }
         line.publish().await?;
     }
-    Ok(())
+    Ok(3)
 }
 
 async fn audit_event(ledger: &Ledger, rng: &mut Rng, n: u64) -> anyhow::Result<()> {
@@ -458,15 +464,18 @@ async fn main() -> anyhow::Result<()> {
     let mut world = World::default();
     let started = Instant::now();
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    // `step` names what a step creates (job-<step>, s-<step>); `n` counts events, which
+    // `--count` and `--rate` are about (a step publishes one to three).
+    let mut step = 0u64;
     let mut n = 0u64;
     // SIGTERM (what `deploy/local/down` sends) or Ctrl-C: stop, then flush what was queued.
     let stop = ledgerline_service::shutdown::on_signal()?;
     while args.count == 0 || n < args.count {
         tokio::select! {
             () = stop.cancelled() => break,
-            result = one(&ledger, &mut rng, &mut world, n) => result?,
+            result = one(&ledger, &mut rng, &mut world, step) => n += result?,
         }
-        n += 1;
+        step += 1;
         if let Some(interval) = interval {
             let due = started + interval.mul_f64(n as f64);
             tokio::time::sleep_until(due.into()).await;

@@ -81,7 +81,13 @@ fn start_on_free_port(
         let started = Instant::now();
         while started.elapsed() < READY_TIMEOUT && child.is_running() {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok((port, child));
+                // Another process may have taken the port between the check and the bind:
+                // then ours exits with a bind error, and something else answered.
+                std::thread::sleep(Duration::from_millis(300));
+                if child.is_running() {
+                    return Ok((port, child));
+                }
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -33,7 +33,7 @@ async fn migrated_database() -> (clickhouse::Client, String) {
     let client = harness.clickhouse.client();
     assert_eq!(
         migrate(&client, &database, MIGRATIONS).await.unwrap(),
-        [1, 2]
+        [1, 2, 3]
     );
     (client, database)
 }
@@ -91,7 +91,7 @@ async fn migrations_create_the_tables_and_are_idempotent() {
     let database = names::database();
     assert_eq!(
         migrate(&client, &database, MIGRATIONS).await.unwrap(),
-        [1, 2]
+        [1, 2, 3]
     );
     assert_eq!(
         migrate(&client, &database, MIGRATIONS).await.unwrap(),
@@ -116,7 +116,8 @@ async fn migrations_create_the_tables_and_are_idempotent() {
         versions,
         [
             (1, "events and job_status".to_owned()),
-            (2, "events sorted by time first".to_owned())
+            (2, "events sorted by time first".to_owned()),
+            (3, "distributed read tables (cluster only)".to_owned())
         ]
     );
 
@@ -189,7 +190,10 @@ async fn migration_2_rebuilds_events_sorted_by_time_keeping_every_event() {
     let before = count(&client, &database, &EventQuery::default()).await;
     assert_eq!(before, 50);
 
-    assert_eq!(migrate(&client, &database, MIGRATIONS).await.unwrap(), [2]);
+    assert_eq!(
+        migrate(&client, &database, MIGRATIONS).await.unwrap(),
+        [2, 3]
+    );
     assert!(
         events_sorting_key(&client, &database)
             .await

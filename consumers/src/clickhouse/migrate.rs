@@ -142,6 +142,43 @@ pub async fn migrate_on(
     migrations: &[Migration],
 ) -> Result<Vec<u32>> {
     let database = validate_identifier(database)?;
+    // Read first, on this server alone: when every migration is applied there is nothing to
+    // run, and on a cluster nothing must run `ON CLUSTER`, which waits for every server
+    // (`distributed_ddl_task_timeout`, 180 s) and fails while one is down, so a sink could
+    // not restart during a replica's outage.
+    let engine: Option<String> = client
+        .query(
+            "SELECT engine FROM system.tables \
+             WHERE database = ? AND name = 'schema_migrations'",
+        )
+        .bind(database)
+        .fetch_optional()
+        .await
+        .map_err(query_failed(format!(
+            "look up {database}.schema_migrations"
+        )))?;
+    if let (Layout::Cluster(cluster), Some(engine)) = (layout, &engine) {
+        if !engine.starts_with("Replicated") {
+            return Err(ClickHouseError::Unsupported {
+                what: format!(
+                    "{database} was created for a single server ({database}.schema_migrations \
+                     is {engine}), so `cluster = \"{cluster}\"` cannot be used with it as it is: \
+                     its tables must be converted first (docs/operations.md#clickhouse)"
+                ),
+            });
+        }
+    }
+    if engine.is_some() {
+        let applied = applied_versions(client, database).await?;
+        if migrations
+            .iter()
+            .all(|migration| applied.contains(&migration.version))
+        {
+            warn_if_newer(database, &applied, migrations);
+            return Ok(Vec::new());
+        }
+    }
+
     let (create_database, migrations_table) = match layout {
         Layout::Single => (
             format!("CREATE DATABASE IF NOT EXISTS {database}"),
@@ -162,26 +199,8 @@ pub async fn migrate_on(
         .map_err(query_failed(format!("create database {database}")))?;
     run_statement(client, database, &migrations_table, "schema_migrations").await?;
 
-    let applied: Vec<u32> = client
-        .query(&format!(
-            "SELECT DISTINCT version FROM {database}.schema_migrations ORDER BY version"
-        ))
-        .fetch_all()
-        .await
-        .map_err(query_failed(format!("read {database}.schema_migrations")))?;
-    if let Some(newest) = applied.last() {
-        let known = migrations.last().map_or(0, |migration| migration.version);
-        if *newest > known {
-            // A newer build migrated this database. Migrations only add, so this one can
-            // still write, but whoever rolled back should know.
-            tracing::warn!(
-                %database,
-                schema_version = newest,
-                known_version = known,
-                "clickhouse schema is newer than this build"
-            );
-        }
-    }
+    let applied = applied_versions(client, database).await?;
+    warn_if_newer(database, &applied, migrations);
 
     let mut newly_applied = Vec::new();
     for migration in migrations {
@@ -215,6 +234,33 @@ pub async fn migrate_on(
         newly_applied.push(migration.version);
     }
     Ok(newly_applied)
+}
+
+/// The versions recorded in `schema_migrations`, ascending.
+async fn applied_versions(client: &clickhouse::Client, database: &str) -> Result<Vec<u32>> {
+    client
+        .query(&format!(
+            "SELECT DISTINCT version FROM {database}.schema_migrations ORDER BY version"
+        ))
+        .fetch_all()
+        .await
+        .map_err(query_failed(format!("read {database}.schema_migrations")))
+}
+
+/// Logs when a newer build migrated `database`. Migrations only add, so this one can still
+/// write, but whoever rolled back should know.
+fn warn_if_newer(database: &str, applied: &[u32], migrations: &[Migration]) {
+    let (Some(newest), Some(known)) = (applied.last(), migrations.last()) else {
+        return;
+    };
+    if *newest > known.version {
+        tracing::warn!(
+            %database,
+            schema_version = newest,
+            known_version = known.version,
+            "clickhouse schema is newer than this build"
+        );
+    }
 }
 
 /// What `migration` runs in `layout`.
