@@ -29,18 +29,9 @@ pub struct ChromeDriver {
     dir: tempfile::TempDir,
 }
 
+/// `env`'s path, else Debian's, else `name` on `PATH`.
 fn binary(env: &str, debian: &str, name: &str, what: &'static str) -> Result<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os(env) {
-        candidates.push(PathBuf::from(path));
-    }
-    candidates.push(PathBuf::from(debian));
-    process::find_binary(&candidates, name).ok_or_else(|| HarnessError::BinaryNotFound {
-        what,
-        hint: format!(
-            "install Debian's chromium and chromium-driver (deploy/local/install does), or set {env}"
-        ),
-    })
+    process::debian_binary(env, debian, name, what, "chromium and chromium-driver")
 }
 
 impl ChromeDriver {

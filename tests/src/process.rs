@@ -193,6 +193,27 @@ pub fn find_binary(candidates: &[PathBuf], name: &str) -> Option<PathBuf> {
         })
 }
 
+/// A server binary from a Debian package: the path in the environment variable `env` when it
+/// is set, else `debian`, else `name` on `PATH`; when none exists, the error says which
+/// `packages` to install.
+pub fn debian_binary(
+    env: &str,
+    debian: &str,
+    name: &str,
+    what: &'static str,
+    packages: &str,
+) -> crate::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os(env) {
+        candidates.push(PathBuf::from(path));
+    }
+    candidates.push(PathBuf::from(debian));
+    find_binary(&candidates, name).ok_or_else(|| crate::HarnessError::BinaryNotFound {
+        what,
+        hint: format!("install Debian's {packages} (deploy/local/install does), or set {env}"),
+    })
+}
+
 /// A temporary directory for one server, inside `$TMPDIR/ledgerline-harness-<pid>/`.
 ///
 /// Owned servers remove theirs on drop, but the shared harness lives in a static, which Rust

@@ -50,18 +50,15 @@ pub struct Alertmanager {
     _dir: tempfile::TempDir,
 }
 
+/// `env`'s path, else Debian's, else `name` on `PATH`.
 fn binary(env: &str, debian: &str, name: &str, what: &'static str) -> Result<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os(env) {
-        candidates.push(PathBuf::from(path));
-    }
-    candidates.push(PathBuf::from(debian));
-    process::find_binary(&candidates, name).ok_or_else(|| HarnessError::BinaryNotFound {
+    process::debian_binary(
+        env,
+        debian,
+        name,
         what,
-        hint: format!(
-            "install Debian's prometheus and prometheus-alertmanager (deploy/local/install does), or set {env}"
-        ),
-    })
+        "prometheus and prometheus-alertmanager",
+    )
 }
 
 /// Starts `command_for(port)` until it listens on `port` (a free port can be taken between
