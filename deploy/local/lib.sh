@@ -32,7 +32,10 @@ PROMETHEUS_PORT=9090
 ALERTMANAGER_PORT=9093
 
 # Debian packages: librdkafka's cmake build (curl headers are needed even though curl is
-# unused), and Debian's ClickHouse 18.16.
+# unused), Debian's ClickHouse 18.16, the venv of the Python test clients, Chromium for the
+# console's browser tests, Prometheus and Alertmanager (`up --monitoring`, the monitoring
+# test), ZooKeeper (the replicated-ClickHouse test) and docker-compose (which checks the
+# compose file; no Docker engine runs here).
 APT_PACKAGES=(cmake libcurl4-openssl-dev zlib1g-dev libzstd-dev libssl-dev libsasl2-dev
   clickhouse-server clickhouse-client curl python3-venv
   chromium chromium-driver
