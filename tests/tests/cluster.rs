@@ -11,17 +11,16 @@
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod events_support;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use events_support::{create_event_topics, ledger_for};
 use ledgerline_consumers::projector::queries::{EventQuery, ReadLimits};
 use ledgerline_consumers::projector::EventReader;
 use ledgerline_producer::event::{JobStatus, Level};
-use ledgerline_producer::{Ledger, ProducerConfig};
-use ledgerline_schemas::topics::DLQ_TOPIC;
-use ledgerline_schemas::Category;
-use ledgerline_service::kafka::KafkaConfig;
-use ledgerline_service::schema_registry::SchemaRegistryConfig;
+use ledgerline_producer::ProducerConfig;
 use ledgerline_tests::clickhouse::{Ports, ADMIN};
 use ledgerline_tests::services::{free_address, Service};
 use ledgerline_tests::zookeeper::ZooKeeper;
@@ -161,14 +160,7 @@ fn replicas_hold_every_event_once_through_a_replica_stop_and_a_projector_kill() 
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let mut topics: Vec<&str> = Category::ALL.iter().map(|c| c.topic_name()).collect();
-        topics.push(DLQ_TOPIC);
-        let layout = ledgerline_service::kafka::NewTopics::new(4, 1);
-        ledgerline_service::kafka::ensure_topics(&broker.client_config(), &topics, &layout)
-            .await
-            .unwrap();
-    });
+    runtime.block_on(create_event_topics(&broker, 4));
 
     // Two projectors in one group, each writing to its own replica.
     let dir = tempfile::tempdir().unwrap();
@@ -229,24 +221,17 @@ fn replicas_hold_every_event_once_through_a_replica_stop_and_a_projector_kill() 
             );
         }
 
-        let ledger = Ledger::builder("cluster-test")
-            .config(ProducerConfig {
+        let ledger = ledger_for(
+            &broker.bootstrap(),
+            &registry.url(),
+            ProducerConfig {
                 service_name: "cluster-test".to_owned(),
                 linger_ms: 5,
                 create_topics: false,
                 ..ProducerConfig::default()
-            })
-            .kafka(KafkaConfig {
-                brokers: broker.bootstrap(),
-                ..KafkaConfig::default()
-            })
-            .schema_registry(SchemaRegistryConfig {
-                url: registry.url(),
-                ..SchemaRegistryConfig::default()
-            })
-            .build()
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         // About 300 events/s for 10 s, with the faults in between.
         let load = tokio::spawn(async move {
             for n in 0..EVENTS {

@@ -12,18 +12,18 @@
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod events_support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use events_support::{create_event_topics, ledger_for};
 use ledgerline_consumers::archive::checkpoint;
 use ledgerline_producer::event::{Actor, ConnectionPhase, Direction, JobStatus, Level, Outcome};
-use ledgerline_producer::{Ledger, ProducerConfig};
+use ledgerline_producer::ProducerConfig;
 use ledgerline_query_api::auth::{generate_key, Role};
-use ledgerline_schemas::topics::DLQ_TOPIC;
 use ledgerline_schemas::Category;
-use ledgerline_service::kafka::KafkaConfig;
-use ledgerline_service::schema_registry::SchemaRegistryConfig;
 use ledgerline_tests::prometheus::{monitoring_dir, Alertmanager, Prometheus, ScrapeTargets};
 use ledgerline_tests::services::{free_address, Service};
 use ledgerline_tests::{Broker, BrokerStorage, ClickHouseServer};
@@ -52,14 +52,7 @@ fn start_stack() -> Stack {
     let dir = tempfile::tempdir().unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut topics: Vec<&str> = Category::ALL.iter().map(|c| c.topic_name()).collect();
-        topics.push(DLQ_TOPIC);
-        let layout = ledgerline_service::kafka::NewTopics::new(2, 1);
-        ledgerline_service::kafka::ensure_topics(&broker.client_config(), &topics, &layout)
-            .await
-            .unwrap();
-    });
+    runtime.block_on(create_event_topics(&broker, 2));
 
     let signing = checkpoint::generate().unwrap();
     let key_file = dir.path().join("archive.key");
@@ -172,24 +165,17 @@ sha256 = "{key_sha256}"
 /// live-stream client that connects and leaves: with [`dead_letter`], what makes each service
 /// export the series the rules and the dashboard read.
 async fn traffic(stack: &Stack) {
-    let ledger = Ledger::builder("monitoring-test")
-        .config(ProducerConfig {
+    let ledger = ledger_for(
+        &stack.broker.bootstrap(),
+        &format!("http://{}", stack.registry.listen()),
+        ProducerConfig {
             service_name: "monitoring-test".to_owned(),
             linger_ms: 1,
             create_topics: false,
             ..ProducerConfig::default()
-        })
-        .kafka(KafkaConfig {
-            brokers: stack.broker.bootstrap(),
-            ..KafkaConfig::default()
-        })
-        .schema_registry(SchemaRegistryConfig {
-            url: format!("http://{}", stack.registry.listen()),
-            ..SchemaRegistryConfig::default()
-        })
-        .build()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     for round in 0..3 {
         let job_id = format!("job-{round}");
         for (progress, status) in [

@@ -7,11 +7,14 @@
 // Test helpers may panic: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod events_support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
+use events_support::ledger_for;
 use ledgerline_producer::config::TracingLevel;
 use ledgerline_producer::event::*;
 use ledgerline_producer::{
@@ -19,7 +22,6 @@ use ledgerline_producer::{
 };
 use ledgerline_schemas::Category;
 use ledgerline_service::kafka::KafkaConfig;
-use ledgerline_service::schema_registry::SchemaRegistryConfig;
 use ledgerline_service::telemetry;
 use ledgerline_tests::{names, Broker, BrokerStorage, Harness, RegistryServer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -35,22 +37,6 @@ fn producer_config(service: &str) -> ProducerConfig {
         linger_ms: 1,
         ..ProducerConfig::default()
     }
-}
-
-async fn ledger_for(brokers: &str, registry_url: &str, config: ProducerConfig) -> Ledger {
-    Ledger::builder(config.service_name.clone())
-        .config(config)
-        .kafka(KafkaConfig {
-            brokers: brokers.to_owned(),
-            ..KafkaConfig::default()
-        })
-        .schema_registry(SchemaRegistryConfig {
-            url: registry_url.to_owned(),
-            ..SchemaRegistryConfig::default()
-        })
-        .build()
-        .await
-        .unwrap()
 }
 
 /// Raw records of `category`'s topic whose service is `service`, read from the beginning until
